@@ -1,0 +1,1 @@
+"""Renderers: DOT/SVG (graphviz), plain text. One style table in ``style.py``."""
