@@ -10,7 +10,6 @@ import sys
 import torch
 import torch.nn as nn
 import torchviz
-
 from common import best_of, machine, table
 
 from gradgraph import trace
@@ -58,8 +57,8 @@ def main() -> None:
     ]
     for name, out, mod in graphs:
         n = bare_walk(out.grad_fn)
-        bare = best_of(lambda: bare_walk(out.grad_fn), 3)
-        ours = best_of(lambda: trace(out, model=mod), 3)
+        bare = best_of(lambda out=out: bare_walk(out.grad_fn), 3)
+        ours = best_of(lambda out=out, mod=mod: trace(out, model=mod), 3)
         rows.append(
             [
                 name,

@@ -1,0 +1,85 @@
+"""hvp(): Hessian-vector products by Pearlmutter's double backward.
+
+``H v = d/dθ (∇L(θ) · v)``: one backward with ``create_graph=True`` builds the
+gradient's graph, a second backward through ``∇L · v`` gives ``H v``. Pass
+``grads`` already built with ``create_graph=True`` to skip the first backward
+(and to reuse it for many vectors).
+
+Example:
+    >>> import torch
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> hvp((x ** 3).sum(), x, torch.tensor([1.0, 0.0]))  # H = diag(6x)
+    tensor([6., 0.])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .params import ParamSet, as_params, as_vector, check_scalar_loss, grad_checked
+
+
+def gradient_graph(
+    loss: torch.Tensor, params: ParamSet, allow_unused: bool = False
+) -> list[torch.Tensor]:
+    """The gradient with its own graph (``create_graph=True``), ready for HVPs."""
+    check_scalar_loss(loss)
+    return grad_checked(loss, params, create_graph=True, allow_unused=allow_unused)
+
+
+def hvp_with_grads(
+    grads: list[torch.Tensor],
+    params: ParamSet,
+    vector: list[torch.Tensor],
+    retain_graph: bool = True,
+) -> list[torch.Tensor]:
+    """``H v`` from a gradient built with create_graph=True (no first backward)."""
+    dot = sum(
+        (g * v).sum() for g, v in zip(grads, vector, strict=True) if g.requires_grad
+    )
+    if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+        # the gradient does not depend on the parameters: the loss is linear
+        return [torch.zeros_like(p) for p in params.tensors]
+    return [
+        h.detach()
+        for h in grad_checked(dot, params, retain_graph=retain_graph, allow_unused=True)
+    ]
+
+
+def hvp(
+    loss: torch.Tensor | None,
+    params: Any,
+    vector: Any,
+    grads: Any = None,
+    allow_unused: bool = False,
+) -> Any:
+    """Hessian-vector product ``H v`` of a scalar ``loss``.
+
+    Args:
+        loss: scalar tensor (may be None when ``grads`` is given).
+        params: Module, dict name -> tensor, list of tensors or one tensor.
+        vector: ``v`` in the same form as ``params`` (or one flat vector).
+        grads: gradients from ``autograd.grad(loss, params, create_graph=True)``,
+            in the same form as ``params``; reused, so no first backward is done.
+        allow_unused: give zeros for parameters the loss does not depend on
+            instead of raising.
+
+    Returns:
+        ``H v`` in the form of ``params``, detached.
+    """
+    ps = as_params(params)
+    v = as_vector(vector, ps)
+    if grads is None:
+        if loss is None:
+            raise ValueError("pass the loss, or grads built with create_graph=True.")
+        g = gradient_graph(loss, ps, allow_unused=allow_unused)
+    else:
+        g = as_vector(grads, ps, what="grads")
+        if not any(t.requires_grad for t in g):
+            raise ValueError(
+                "grads carry no graph; compute them with "
+                "torch.autograd.grad(loss, params, create_graph=True)."
+            )
+    return ps.pack(hvp_with_grads(g, ps, v))
