@@ -105,14 +105,20 @@ def saved_facts(
     """Facts about every tensor ``fn`` saved for backward.
 
     Uses ``_raw_saved_*`` (whose ``.data`` is None once backward freed it), so it
-    never raises on a freed graph; values the op did not need (undefined) are
-    left out. ``owners`` maps (data_ptr, numel) of named tensors to their names,
+    never raises on a freed graph and never calls saved-tensor unpack hooks (a
+    value packed by ``saved_tensors_hooks`` is reported as ``packed``: the type
+    of what the pack hook returned); values the op did not need (undefined) are
+    left out. A custom Function's tensors after backward give one freed entry. ``owners`` maps (data_ptr, numel) of named tensors to their names,
     so a saved weight says which parameter it is.
     """
     facts = []
     for full in attrs:
         attr = full[len(SAVED_PREFIX) :]
-        raw = getattr(fn, full)
+        try:
+            raw = getattr(fn, full)
+        except RuntimeError:  # a custom Function's tensors, after backward
+            facts.append({"attr": attr, "freed": True})
+            continue
         items = raw if isinstance(raw, (list, tuple)) else (raw,)
         freed = None
         for i, item in enumerate(items):
@@ -123,7 +129,11 @@ def saved_facts(
                 if not freed:
                     continue
             name = attr if raw is item else f"{attr}[{i}]"
-            facts.append(_tensor_fact(name, data, owners))
+            if data is None or isinstance(data, torch.Tensor):
+                facts.append(_tensor_fact(name, data, owners))
+            else:  # packed by saved_tensors_hooks: never unpack (no side effects)
+                packed = type(data).__name__
+                facts.append({"attr": name, "freed": False, "packed": packed})
     return tuple(facts)
 
 
