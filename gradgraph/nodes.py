@@ -108,8 +108,9 @@ def saved_facts(
     never raises on a freed graph and never calls saved-tensor unpack hooks (a
     value packed by ``saved_tensors_hooks`` is reported as ``packed``: the type
     of what the pack hook returned); values the op did not need (undefined) are
-    left out. A custom Function's tensors after backward give one freed entry. ``owners`` maps (data_ptr, numel) of named tensors to their names,
-    so a saved weight says which parameter it is.
+    left out. A custom Function's tensors after backward give one freed entry.
+    ``owners`` maps (data_ptr, numel) of named tensors to their names, so a
+    saved weight says which parameter it is.
     """
     facts = []
     for full in attrs:
