@@ -108,7 +108,8 @@ def saved_facts(
     never raises on a freed graph and never calls saved-tensor unpack hooks (a
     value packed by ``saved_tensors_hooks`` is reported as ``packed``: the type
     of what the pack hook returned); values the op did not need (undefined) are
-    left out. A custom Function's tensors after backward give one freed entry.
+    left out. After backward a custom Function gives one freed ``tensors`` entry
+    (torch no longer tells how many tensors it saved, or whether any).
     ``owners`` maps (data_ptr, numel) of named tensors to their names, so a
     saved weight says which parameter it is.
     """
