@@ -115,7 +115,8 @@ def guard_deep_free(fns: list, succ: dict[int, dict], roots: list[int]) -> None:
     """Attach release orders to the grad_fns of the roots and of band guards.
 
     ``fns[i]`` is the grad_fn of node ``i``; ``succ`` the DAG's adjacency. Nodes
-    without children (AccumulateGrad, mostly) cannot recurse and are left out.
+    without children (AccumulateGrad, mostly) cannot recurse and are left out,
+    and so are roots with fewer than ``MIN_NODES`` nodes below them.
     """
     if len(fns) < MIN_NODES:
         return
@@ -126,6 +127,8 @@ def guard_deep_free(fns: list, succ: dict[int, dict], roots: list[int]) -> None:
         if not succ[root]:
             continue
         below = _below(succ, root) if len(roots) > 1 else None
+        if below is not None and len(below) < MIN_NODES:
+            continue
         keep = tuple(
             fns[node]
             for node in reversed(order)

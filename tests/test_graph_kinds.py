@@ -108,7 +108,7 @@ def test_custom_function_with_saved_tensor_before_and_after_backward():
     }
     out.backward()
     with pytest.raises(RuntimeError):  # torch's own accessor fails after backward
-        out.grad_fn.next_functions[0][0].saved_tensors
+        _ = out.grad_fn.next_functions[0][0].saved_tensors
     after = trace(out)
     assert saved_of(after, "SquareBackward") == ({"attr": "tensors", "freed": True},)
     assert ops(after) == ops(g)
