@@ -156,8 +156,8 @@ def test_200k_node_branchy_graph():
 
 
 def test_release_order_is_parents_first_and_holds_only_descendants():
-    out, _, layers = branchy(50, 30)
-    side = layers[12][7]  # inside out's graph
+    out, _, layers = branchy(50, 60)
+    side = layers[58][7]  # inside out's graph, with > MIN_NODES nodes below it
     other = (torch.ones(1, requires_grad=True) * 3).exp()
     g = trace(out, side, other, keep=True)
     assert len(g) >= MIN_NODES
