@@ -283,6 +283,8 @@ def trace(
         >>> [d["op"] for _, d in sorted(g.dag.nodes(data=True))]
         ['PowBackward0', 'AccumulateGrad']
     """
+    if not isinstance(keep, bool):
+        raise TypeError(f"keep= must be True or False, got {type(keep).__name__}.")
     flat = _flatten_outputs(outputs)
     user_names = collect_names(model=model, params=params, names=names)
     root_fns = [_root_node(t, name) for name, t in flat]

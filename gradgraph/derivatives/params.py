@@ -181,7 +181,10 @@ def as_vector(
                 f"{param.device}; move it with .to(param.device)."
             )
         if part.is_floating_point() and not bool(torch.isfinite(part).all()):
-            raise ValueError(f"{what}[{name!r}] contains NaN or infinity.")
+            raise ValueError(
+                f"{what}[{name!r}] contains NaN or infinity; pass finite values "
+                "(e.g. torch.nan_to_num(v))."
+            )
     return parts
 
 
