@@ -48,6 +48,7 @@ def hvp_with_grads(
     ]
 
 
+@torch.enable_grad()  # under no_grad the gradient would carry no graph
 def hvp(
     loss: torch.Tensor | None,
     params: Any,
