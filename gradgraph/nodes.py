@@ -41,6 +41,7 @@ class OpClassFacts:
 _CLASS_FACTS: dict[type, OpClassFacts] = {}
 _SHAPES: dict[tuple[int, ...], tuple[int, ...]] = {}
 _DTYPES: dict[torch.dtype, str] = {}
+_FACTS: dict[tuple, dict] = {}  # saved-tensor facts, shared (see _tensor_fact)
 
 
 def class_facts(cls: type) -> OpClassFacts:
@@ -69,7 +70,25 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def _tensor_fact(attr: str, tensor: torch.Tensor | None, owners: dict) -> dict:
-    """One saved tensor as plain data; ``tensor is None`` means freed."""
+    """One saved tensor as plain data; ``tensor is None`` means freed.
+
+    Equal facts are one shared dict (treat them as read-only): a graph saves the
+    same attr/shape/dtype over and over, and a dict costs ~180 bytes.
+    """
+    if tensor is None:
+        key: tuple = (attr,)
+    else:
+        owner = None
+        if owners and tensor.layout is torch.strided:
+            owner = owners.get((tensor.data_ptr(), tensor.numel()))
+        key = (attr, tensor.shape, tensor.dtype, owner)
+    fact = _FACTS.get(key)
+    if fact is None:
+        fact = _FACTS[key] = _new_fact(attr, tensor, key)
+    return fact
+
+
+def _new_fact(attr: str, tensor: torch.Tensor | None, key: tuple) -> dict:
     if tensor is None:
         return {"attr": attr, "freed": True}
     fact = {
@@ -79,10 +98,8 @@ def _tensor_fact(attr: str, tensor: torch.Tensor | None, owners: dict) -> dict:
         "nbytes": tensor.numel() * tensor.element_size(),
         "freed": False,
     }
-    if owners and tensor.layout is torch.strided:
-        owner = owners.get((tensor.data_ptr(), tensor.numel()))
-        if owner is not None:
-            fact["of"] = owner
+    if key[-1] is not None:
+        fact["of"] = key[-1]
     return fact
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import weakref
 
 import networkx as nx
@@ -197,3 +198,27 @@ def test_trace_keeps_no_tensors_alive_in_a_deep_graph():
     # no gc.collect(): the release orders add no reference cycles
     assert [r() for r in refs] == [None] * 5
     assert len(g) > 3 * MIN_NODES
+
+
+def peak_bytes_of_trace(out) -> tuple[int, int]:
+    trace(out)  # the second trace is measured: torch's wrappers already exist
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    g = trace(out)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return peak, len(g)
+
+
+@pytest.mark.parametrize("shape", ["chain", "branchy"])
+def test_peak_memory_under_2kb_per_node(shape):
+    if shape == "chain":
+        out = torch.ones(1, requires_grad=True)
+        for i in range(20_000):
+            out = out.sin() if i % 2 else out * 1.5
+    else:
+        out = branchy(200, 100)[0]
+    peak, nodes = peak_bytes_of_trace(out)
+    assert nodes >= 20_000
+    assert peak / nodes < 2048, f"{peak / nodes:.0f} bytes per node"
