@@ -6,23 +6,18 @@ Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_expansion.py``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
-import torch.nn as nn
 import torchviz
 from common import best_of, machine, table
 
 from gradgraph import expand, order_summary
 from gradgraph.expansion import anomaly_mode
 
-
-def seed_simplenet():
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(1, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 1)
-    )
-    x = torch.linspace(-10, 10, 1000).view(-1, 1)
-    y = 2 * x + 3 + torch.sin(x) * 3 * x.abs().sqrt() + torch.cos(x + 3)
-    return nn.MSELoss()(model(x), y), model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.cases import seed_simplenet  # noqa: E402  (the same net the tests use)
 
 
 def autograd_only(loss, params, anomaly=False):
