@@ -4,6 +4,7 @@ rendering of the grown graph, bad input."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -233,6 +234,9 @@ def test_rendering_the_grown_graph():
     assert len(re.findall(r"style=dashed", dot)) == created
     lines = g.to_text().splitlines()
     assert len(lines) == len(g)
+    data = json.loads(g.to_json())
+    assert [e.get("kind") for e in data["edges"]].count(CREATED_BY) == created
+    assert {g.dag.nodes[n]["op"] for n in g.leaves} == {"AccumulateGrad"}
     assert "<svg" in g.to_svg()
     u, v = next(iter(g.dag.edges))
     g.dag.edges[u, v]["kind"] = "mystery"
