@@ -9,8 +9,22 @@ Example:
 """
 
 from .derivatives import hvp
+from .expansion import expand, order_summary, trace_orders
 from .graph import GradGraph, trace
+from .recorder import record_backward, recording
 from .render.dot import DotNotFoundError
+from .retain import explain_retain_graph
 
-__all__ = ["DotNotFoundError", "GradGraph", "hvp", "trace"]
+__all__ = [
+    "DotNotFoundError",
+    "GradGraph",
+    "explain_retain_graph",
+    "expand",
+    "hvp",
+    "order_summary",
+    "record_backward",
+    "recording",
+    "trace",
+    "trace_orders",
+]
 __version__ = "0.1.0"
