@@ -1,5 +1,19 @@
 """The derivative engine: higher-order derivatives, HVPs, Hessians, estimators."""
 
+from .estimate import (
+    SpectralDensity,
+    diagonal_estimate,
+    lanczos_eigenvalues,
+    spectral_density,
+    trace_estimate,
+)
 from .hvp import hvp
 
-__all__ = ["hvp"]
+__all__ = [
+    "SpectralDensity",
+    "diagonal_estimate",
+    "hvp",
+    "lanczos_eigenvalues",
+    "spectral_density",
+    "trace_estimate",
+]
