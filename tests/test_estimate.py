@@ -103,14 +103,12 @@ def test_hutchinson_is_exact_on_a_diagonal_matrix():
 def test_seeds_reproduce_and_differ():
     A = decaying()
     mv = lambda v: A @ v  # noqa: E731
-    run = lambda g: trace_estimate(
-        mv,
-        N,
-        method="hutchinson",
-        generator=g,  # noqa: E731
-        matvecs=4,
-        progress=False,
-    )
+
+    def run(g):
+        return trace_estimate(
+            mv, N, method="hutchinson", generator=g, matvecs=4, progress=False
+        )
+
     assert torch.equal(run(7), run(torch.Generator().manual_seed(7)))
     assert not torch.equal(run(7), run(8))
 
@@ -135,31 +133,37 @@ def test_lanczos_matches_eigvalsh(which):
     torch.testing.assert_close(vectors.T @ vectors, torch.eye(3, dtype=torch.float64))
 
 
-def test_lanczos_finds_repeated_eigenvalues_and_stops_early():
+class Counted:
+    """``v -> A @ v`` that counts its calls."""
+
+    def __init__(self, A: torch.Tensor):
+        self.A, self.calls = A, 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.A @ v
+
+
+def test_lanczos_finds_repeated_eigenvalues():
     # 4 copies of 5 and 6 other values: the first Krylov space is invariant
     # after 7 steps; new blocks then find the other copies
-    d = torch.tensor([5.0] * 4 + [0.0, 1, 2, 3, 4, 4.5]).double()
-    calls = []
-
-    def mv(v):
-        calls.append(1)
-        return d * v
-
-    values, vectors = lanczos_eigenvalues(mv, 10, k=5, generator=0, progress=False)
+    A = torch.diag(torch.tensor([5.0] * 4 + [0.0, 1, 2, 3, 4, 4.5]).double())
+    values, vectors = lanczos_eigenvalues(
+        Counted(A), 10, k=5, generator=0, progress=False
+    )
     torch.testing.assert_close(values, torch.tensor([5.0] * 4 + [4.5]).double())
     torch.testing.assert_close(vectors.T @ vectors, torch.eye(5).double())
-    calls.clear()
-    A = decaying(rate=5.0)
-    values, _ = lanczos_eigenvalues(
-        lambda v: mv(v) * 0 + A @ v, N, tol=1e-10, generator=0, progress=False
-    )
+
+
+def test_lanczos_stops_when_converged_or_at_the_budget():
+    A = decaying(rate=5.0)  # top eigenvalue 1, next 0.63: converges fast
+    counted = Counted(A)
+    values, _ = lanczos_eigenvalues(counted, N, tol=1e-10, generator=0, progress=False)
     torch.testing.assert_close(values, torch.ones(1, dtype=torch.float64))
-    assert len(calls) < 40
-    calls.clear()
-    lanczos_eigenvalues(
-        lambda v: mv(v) * 0 + A @ v, N, max_matvecs=5, generator=0, progress=False
-    )
-    assert len(calls) == 5
+    assert counted.calls < 40
+    counted = Counted(A)
+    lanczos_eigenvalues(counted, N, max_matvecs=5, generator=0, progress=False)
+    assert counted.calls == 5
 
 
 def test_spectral_density_moments_and_curve():

@@ -1,4 +1,4 @@
-"""hessian, hessian_blocks and the exact hessian_diagonal against the dense reference."""
+"""hessian, hessian_blocks and exact hessian_diagonal against the dense reference."""
 
 from __future__ import annotations
 

@@ -22,7 +22,10 @@ def test_hvp_matches_dense_hessian_both_paths(name):
     torch.testing.assert_close(flat(got), H @ v)
     params = list(case.model.parameters())
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+    grads = [
+        torch.zeros_like(p) if g is None else g
+        for g, p in zip(grads, params, strict=True)
+    ]
     for _ in range(2):  # the reused gradient graph serves many vectors
         again = hvp(None, params, v, grads=grads)
         torch.testing.assert_close(torch.cat([a.reshape(-1) for a in again]), H @ v)

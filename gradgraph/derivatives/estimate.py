@@ -95,6 +95,14 @@ class _Setup:
         )
         return (bits.to(self.dtype) * 2 - 1).to(self.device)
 
+    def gaussian(self, count: int) -> torch.Tensor:
+        """A ``(dim, count)`` block of standard normal entries."""
+        where = self.generator.device if self.generator is not None else "cpu"
+        draw = torch.randn(
+            self.dim, count, generator=self.generator, device=where, dtype=self.dtype
+        )
+        return draw.to(self.device)
+
     def zeros(self, *shape: int) -> torch.Tensor:
         return torch.zeros(*shape, dtype=self.dtype, device=self.device)
 
@@ -436,8 +444,14 @@ class _Lanczos:
             self.next = w / b
             return
         self.beta.append(0.0)
-        fresh = self._orthogonalise(self.setup.signs(1)[:, 0])
-        self.next = fresh / torch.linalg.vector_norm(fresh)
+        for _ in range(3):  # a Gaussian draw has a part outside V almost surely
+            draw = self.setup.gaussian(1)[:, 0]
+            fresh = self._orthogonalise(draw)
+            norm = torch.linalg.vector_norm(fresh)
+            if norm > 1e-6 * torch.linalg.vector_norm(draw):
+                self.next = fresh / norm
+                return
+        self.exhausted = True  # numerically, V already spans the space
 
     def ritz(
         self, block_only: bool = False
