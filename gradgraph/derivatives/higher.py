@@ -37,6 +37,30 @@ def _as_input(x: Any) -> torch.Tensor:
     return x.detach().requires_grad_(True)
 
 
+def _differentiate(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, order: int, graph: bool
+) -> list[torch.Tensor]:
+    y = f(x)
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(
+            f"f(x) must have x's shape {tuple(x.shape)} (an elementwise f), got "
+            f"{got}; for a scalar function of many inputs use hessian() or hvp()."
+        )
+    seed = torch.ones_like(y) if y.dim() else None
+    found: list[torch.Tensor] = []
+    for k in range(1, order + 1):
+        if not y.requires_grad:  # constant from here on
+            found.extend(torch.zeros_like(x) for _ in range(order - k + 1))
+            break
+        (d,) = torch.autograd.grad(
+            y, x, grad_outputs=seed, create_graph=graph or k < order, allow_unused=True
+        )
+        y = torch.zeros_like(x) if d is None else d
+        found.append(y)
+    return found
+
+
 def derivatives(
     f: Callable[[torch.Tensor], torch.Tensor],
     x: Any,
@@ -71,28 +95,7 @@ def derivatives(
         raise ValueError(f"order must be an int >= 1, got {order!r}.")
     x = _as_input(x)
     with torch.enable_grad():
-        y = f(x)
-        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(
-                f"f(x) must have x's shape {tuple(x.shape)} (an elementwise f), got "
-                f"{got}; for a scalar function of many inputs use hessian() or hvp()."
-            )
-        seed = torch.ones_like(y) if y.dim() else None
-        found: list[torch.Tensor] = []
-        for k in range(1, order + 1):
-            if not y.requires_grad:  # constant from here on
-                found.extend(torch.zeros_like(x) for _ in range(order - k + 1))
-                break
-            (y,) = torch.autograd.grad(
-                y,
-                x,
-                grad_outputs=seed,
-                create_graph=graph or k < order,
-                allow_unused=True,
-                materialize_grads=True,
-            )
-            found.append(y)
+        found = _differentiate(f, x, order, graph)
     values = [d.detach() for d in found]
     if not graph:
         return values

@@ -93,7 +93,7 @@ def hvp(
             raise ValueError("pass the loss, or grads built with create_graph=True.")
         g = gradient_graph(loss, ps, allow_unused=allow_unused)
     else:
-        g = as_vector(grads, ps, what="grads")
+        g = as_vector(grads, ps, what="grads", check_finite=False)
         if not any(t.requires_grad for t in g):
             raise ValueError(
                 "grads carry no graph; compute them with "

@@ -148,13 +148,23 @@ def check_scalar_loss(loss: Any) -> None:
         )
 
 
+def _all_finite(parts: list[torch.Tensor]) -> bool:
+    """One fused check (the largest magnitude per tensor) instead of one per tensor."""
+    floats = [p for p in parts if p.is_floating_point()]
+    if not floats:
+        return True
+    peaks = torch._foreach_norm(floats, float("inf"))
+    return bool(torch.stack(peaks).isfinite().all())
+
+
 def as_vector(
-    vector: Any, params: ParamSet, what: str = "vector"
+    vector: Any, params: ParamSet, what: str = "vector", check_finite: bool = True
 ) -> list[torch.Tensor]:
     """Per-parameter tensors from ``vector`` given in any params form, checked.
 
     Accepts the same forms as ``params`` (a dict with the same keys, a list in
     the same order, one tensor) or one flat vector of ``params.numel`` entries.
+    ``check_finite=False`` skips the NaN/infinity check (for autograd's output).
     """
     if isinstance(vector, Mapping):
         missing = set(params.names) - set(map(str, vector))
@@ -202,8 +212,13 @@ def as_vector(
                 f"{what}[{name!r}] is on {part.device}, the parameter on "
                 f"{param.device}; move it with .to(param.device)."
             )
-        if part.is_floating_point() and not bool(torch.isfinite(part).all()):
-            raise ValueError(f"{what}[{name!r}] contains NaN or infinity.")
+    if check_finite and not _all_finite(parts):
+        bad = [
+            n
+            for n, p in zip(params.names, parts, strict=True)
+            if p.is_floating_point() and not bool(torch.isfinite(p).all())
+        ]
+        raise ValueError(f"{what}{bad} contains NaN or infinity.")
     return parts
 
 
