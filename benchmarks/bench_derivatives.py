@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 import warnings
@@ -72,6 +73,26 @@ def train(model: nn.Module, x, y, steps: int = 2000) -> float:
         opt.step()
     with torch.no_grad():
         return F.mse_loss(model(x), y).item()
+
+
+def paired_ratio(ours, peer, pairs: int) -> float:
+    """Median of ours / peer over back-to-back runs, alternating which goes first.
+
+    Each pair sees about the same load, so on a busy machine this is steadier
+    than a ratio of two separately taken minimums.
+    """
+    ours(), peer()
+    ratios = []
+    for i in range(pairs):
+        first, second = (ours, peer) if i % 2 == 0 else (peer, ours)
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t2 = time.perf_counter()
+        a, b = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        ratios.append(a / b)
+    return statistics.median(ratios)
 
 
 def fmt(seconds: float) -> str:
@@ -151,27 +172,32 @@ def hvp_section(model, x, y, repeat: int) -> str:
         for name, fn in candidates.items():
             best[name] = min(best[name], best_of(fn, repeat))
     unit = best["gradient (forward + backward)"]
-    peer_of = {
-        "gradgraph.hvp": "hand-written double backward",
-        "gradgraph.hvp(grads=...)": "hand-written 2nd backward, grads reused",
-    }
-    rows = []
-    for name, t in best.items():
-        peer = peer_of.get(name)
-        ratio = f"{t / best[peer]:.3f}" if peer else ""
-        rows.append([name, fmt(t), f"{t / unit:.2f}", ratio])
-    for name in ("torch.func jvp(grad) fwd-over-rev", "torch.autograd.functional.hvp"):
+    comparisons = [
+        ("gradgraph.hvp", "hand-written double backward"),
+        ("gradgraph.hvp(grads=...)", "hand-written 2nd backward, grads reused"),
+        ("gradgraph.hvp", "torch.func jvp(grad) fwd-over-rev"),
+        ("gradgraph.hvp", "torch.autograd.functional.hvp"),
+    ]
+    rows = [[name, fmt(t), f"{t / unit:.2f}", "", ""] for name, t in best.items()]
+    for ours_name, peer_name in comparisons:
+        paired = paired_ratio(candidates[ours_name], candidates[peer_name], 4 * repeat)
         rows.append(
             [
-                f"gradgraph.hvp vs {name}",
+                f"{ours_name} / {peer_name}",
                 "",
                 "",
-                f"{best['gradgraph.hvp'] / best[name]:.3f}",
+                f"{best[ours_name] / best[peer_name]:.3f}",
+                f"{paired:.3f}",
             ]
         )
-    return table(
-        rows, ["HVP (8,513 params, 1000 points)", "time", "x gradient", "ours / peer"]
-    )
+    header = [
+        "HVP (8,513 params, 1000 points)",
+        "best time",
+        "x gradient",
+        "ratio of bests",
+        "median paired ratio",
+    ]
+    return table(rows, header)
 
 
 # 2. estimators --------------------------------------------------------------
@@ -331,7 +357,7 @@ def derivatives_section(repeat: int) -> str:
 
     assert [float(d) for d in ours()] == [float(d.detach()) for d in hand_chain()]
     assert float(nested_func_grad()) == 24.0
-    loops = 200
+    loops = 50
 
     def many(fn):
         return lambda: [fn() for _ in range(loops)]
@@ -343,20 +369,29 @@ def derivatives_section(repeat: int) -> str:
         best["func"] = min(
             best["func"], best_of(many(nested_func_grad), repeat) / loops
         )
+    pairs = 4 * repeat
     rows = [
-        ["hand-written create_graph chain (3 orders)", fmt(best["hand"]), ""],
+        ["hand-written create_graph chain (3 orders)", fmt(best["hand"]), "", ""],
         [
             "gradgraph.derivatives(f, 1.0, 3)",
             fmt(best["ours"]),
-            f"{best['ours'] / best['hand']:.2f} (vs hand chain)",
+            f"{best['ours'] / best['hand']:.2f} vs hand chain",
+            f"{paired_ratio(many(ours), many(hand_chain), pairs):.2f}",
         ],
         [
             "nested torch.func.grad (3rd order only)",
             fmt(best["func"]),
-            f"{best['ours'] / best['func']:.2f} (ours / func)",
+            f"ours / func {best['ours'] / best['func']:.2f}",
+            f"{paired_ratio(many(ours), many(nested_func_grad), pairs):.2f}",
         ],
     ]
-    return table(rows, ["x**4 at 1, orders 1-3", "time per call", "ratio"])
+    header = [
+        "x**4 at 1, orders 1-3",
+        "best time per call",
+        "ratio of bests",
+        "median paired ratio",
+    ]
+    return table(rows, header)
 
 
 SECTIONS = ("derivatives", "hvp", "estimators", "eigen")
