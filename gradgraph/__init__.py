@@ -8,7 +8,18 @@ Example:
     {'AccumulateGrad': 2, 'AddmmBackward0': 1, 'TBackward0': 1}
 """
 
-from .derivatives import hvp
+from .derivatives import (
+    SpectralDensity,
+    derivatives,
+    hessian,
+    hessian_blocks,
+    hessian_density,
+    hessian_diagonal,
+    hessian_eigenvalues,
+    hessian_operator,
+    hessian_trace,
+    hvp,
+)
 from .expansion import expand, order_summary, trace_orders
 from .graph import GradGraph, trace
 from .recorder import record_backward, recording
@@ -18,8 +29,17 @@ from .retain import explain_retain_graph
 __all__ = [
     "DotNotFoundError",
     "GradGraph",
+    "SpectralDensity",
+    "derivatives",
     "explain_retain_graph",
     "expand",
+    "hessian",
+    "hessian_blocks",
+    "hessian_density",
+    "hessian_diagonal",
+    "hessian_eigenvalues",
+    "hessian_operator",
+    "hessian_trace",
     "hvp",
     "order_summary",
     "record_backward",

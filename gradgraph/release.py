@@ -29,7 +29,7 @@ Example:
     ...     y = y * 1.0
     >>> from gradgraph import trace
     >>> len(trace(y).dag), len(y.grad_fn.metadata[RELEASE_KEY])
-    (1002, 1000)
+    (1001, 999)
 """
 
 from __future__ import annotations
