@@ -2,7 +2,7 @@
 
 ``backward()`` normally frees the tensors the graph saved for it (here the
 input of ``pow``), so a second ``backward()`` through the same graph needs
-``retain_graph=True``. Gradients of leaves are *added* into ``.grad``: calling
+``retain_graph=True``. Gradients of leaves are added into ``.grad``: calling
 backward twice doubles ``inp.grad`` until you ``zero_()`` it. The pictures show
 the graph with its saved buffer kept, and the same graph after a final
 backward without ``retain_graph`` freed it.
