@@ -104,6 +104,12 @@ class GradGraph:
             "freed_tensors": sum(1 for s in saved if s["freed"]),
         }
 
+    def diff(self, other: GradGraph) -> Any:
+        """What ``other`` adds, drops and frees: :func:`gradgraph.diff.diff_graphs`."""
+        from .diff import diff_graphs
+
+        return diff_graphs(self, other)
+
     # -- output forms --------------------------------------------------------
     def to_dot(self, **options: Any) -> str:
         """DOT text (deterministic); options as in :func:`render.dot.to_digraph`."""
