@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import torch
-from simplenet import seeded_model_and_loss, training_data
+from simplenet import dense_hessian_float64, seeded_model_and_loss, training_data
 
 import gradgraph
 
@@ -43,20 +43,7 @@ fresh_loss = torch.nn.functional.mse_loss(model(x), y)
 ours = gradgraph.hvp(fresh_loss, params, vector)  # same form as params: a list
 
 # The dense reference: the full 141 x 141 Hessian, in float64.
-names = [name for name, _ in model.named_parameters()]
-shapes = [p.shape for p in params]
-flat = torch.cat([p.detach().double().reshape(-1) for p in params])
-
-
-def loss_of_flat(theta):
-    chunks = torch.split(theta, [s.numel() for s in shapes])
-    weights = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
-    pred = torch.func.functional_call(model.double(), weights, (x.double(),))
-    return torch.nn.functional.mse_loss(pred, y.double())
-
-
-hessian = torch.autograd.functional.hessian(loss_of_flat, flat)
-model.float()
+hessian = dense_hessian_float64(model, x, y)
 asymmetry = (hessian - hessian.T).abs().max().item()
 print(f"dense float64 Hessian: {tuple(hessian.shape)}, max |H - H.T| = {asymmetry:.1e}")
 dense = hessian @ torch.cat([v.double().reshape(-1) for v in vector])

@@ -4,6 +4,8 @@
 learns, sampled on 1000 points in [-10, 10] by :func:`training_data`.
 """
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -45,3 +47,23 @@ def seeded_model_and_loss(seed=0):
     x, y = training_data()
     loss = nn.MSELoss()(model(x), y)
     return model, loss
+
+
+def dense_hessian_float64(model, x, y):
+    """The loss Hessian over all parameters, flattened in order, in float64.
+
+    The slow obvious reference: ``torch.autograd.functional.hessian`` of the MSE
+    loss as a function of one flat parameter vector, on a float64 copy.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+    model64 = copy.deepcopy(model).double()
+
+    def loss_of_flat(theta):
+        chunks = torch.split(theta, [s.numel() for s in shapes])
+        weights = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
+        pred = torch.func.functional_call(model64, weights, (x.double(),))
+        return nn.functional.mse_loss(pred, y.double())
+
+    return torch.autograd.functional.hessian(loss_of_flat, flat, vectorize=True)
