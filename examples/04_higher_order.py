@@ -42,6 +42,13 @@ for got, want in zip(
 ):
     torch.testing.assert_close(got.detach(), torch.tensor(want))
 
+# gradgraph.derivatives runs the same loop and returns f', f'', f''' at x
+ds = gradgraph.derivatives(f, 1.0, 3)
+print("gradgraph.derivatives(f, 1.0, 3):", [d.item() for d in ds])
+manual = (first_derivative, second_derivative, third_derivative)
+for d, by_hand in zip(ds, manual, strict=True):
+    torch.testing.assert_close(d, by_hand.detach())
+
 for order, value in enumerate(
     (f(x), first_derivative, second_derivative, third_derivative)
 ):
