@@ -20,14 +20,19 @@ from .derivatives import (
     hessian_trace,
     hvp,
 )
+from .expansion import expand, order_summary, trace_orders
 from .graph import GradGraph, trace
+from .recorder import record_backward, recording
 from .render.dot import DotNotFoundError
+from .retain import explain_retain_graph
 
 __all__ = [
     "DotNotFoundError",
     "GradGraph",
     "SpectralDensity",
     "derivatives",
+    "explain_retain_graph",
+    "expand",
     "hessian",
     "hessian_blocks",
     "hessian_density",
@@ -36,6 +41,10 @@ __all__ = [
     "hessian_operator",
     "hessian_trace",
     "hvp",
+    "order_summary",
+    "record_backward",
+    "recording",
     "trace",
+    "trace_orders",
 ]
 __version__ = "0.1.0"

@@ -6,7 +6,8 @@ match is by identity. Otherwise an op node is matched by ``(op, seq_nr)``
 (torch's creation counter, unique per thread), a node without one (an
 AccumulateGrad) through a matched parent and the same ``input_nr`` (a node's
 ``next_functions`` never change), and what is still left by ``(op, name,
-shape)`` when that is unique on both sides.
+shape)`` when that is unique on both sides (named leaves: the same parameter
+in two forward passes).
 
 Example:
     >>> import torch
@@ -120,6 +121,8 @@ def _by_seq_nr(data: dict):
 
 
 def _by_name(data: dict):
+    if data["seq_nr"] is not None or data["name"] is None:
+        return None
     return (data["op"], data["name"], data["shape"])
 
 

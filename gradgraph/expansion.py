@@ -46,7 +46,7 @@ from .derivatives.params import (
     check_scalar_loss,
     grad_checked,
 )
-from .graph import GradGraph, _flatten_outputs, _walk, trace
+from .graph import GradGraph, _flatten_outputs, trace
 
 __all__ = ["CREATED_BY", "expand", "order_summary", "trace_orders"]
 
@@ -174,11 +174,11 @@ def _link_creators(graph: GradGraph, fns: list) -> None:
 
 
 def _check_params_in_graph(loss: torch.Tensor, ps: ParamSet) -> None:
-    _, _, index = _walk([loss.grad_fn])
+    in_graph = set(trace(loss, keep=True)._fns)
     missing = [
         name
         for name, p in zip(ps.names, ps.tensors, strict=True)
-        if torch.autograd.graph.get_gradient_edge(p).node not in index
+        if torch.autograd.graph.get_gradient_edge(p).node not in in_graph
     ]
     if missing:
         raise ValueError(
