@@ -22,20 +22,30 @@ inp = torch.eye(4, 5, requires_grad=True)
 out = (inp + 1).pow(2).t()
 once = 2 * (inp.detach() + 1)  # d/dinp sum((inp + 1)^2) by hand
 
-out.backward(torch.ones_like(out), retain_graph=True)
-print(f"First call\n{inp.grad}")
-torch.testing.assert_close(inp.grad, once)
-
-out.backward(torch.ones_like(out), retain_graph=True)
-print(f"\nSecond call\n{inp.grad}")
-torch.testing.assert_close(inp.grad, 2 * once)  # accumulated, not replaced
-
-inp.grad.zero_()
-out.backward(torch.ones_like(out), retain_graph=True)
-print(f"\nCall after zeroing gradients\n{inp.grad}")
-torch.testing.assert_close(inp.grad, once)
-
 names = {inp: "inp"}
+# record every backward through the graph: which nodes ran, what reached .grad
+with gradgraph.recording(out, names=names) as record:
+    out.backward(torch.ones_like(out), retain_graph=True)
+    print(f"First call\n{inp.grad}")
+    torch.testing.assert_close(inp.grad, once)
+
+    out.backward(torch.ones_like(out), retain_graph=True)
+    print(f"\nSecond call\n{inp.grad}")
+    torch.testing.assert_close(inp.grad, 2 * once)  # accumulated, not replaced
+
+    inp.grad.zero_()
+    out.backward(torch.ones_like(out), retain_graph=True)
+    print(f"\nCall after zeroing gradients\n{inp.grad}")
+    torch.testing.assert_close(inp.grad, once)
+
+print("\nnodes run per backward call:", record.counts())
+norms = record.accumulated()
+print("norm of inp.grad after each call:", norms)
+assert set(record.counts().values()) == {3}  # every node ran in all 3 calls
+(inp_norms,) = norms.values()
+norm = once.norm().item()
+torch.testing.assert_close(inp_norms, [norm, 2 * norm, norm])
+
 kept = gradgraph.trace(out, names=names)
 print("\nThe graph, its saved buffers kept (retain_graph=True):")
 print(kept.to_text())
@@ -58,3 +68,6 @@ except RuntimeError as err:
     print("a further backward fails:", str(err).split(".")[0])
 else:
     raise AssertionError("backward through a freed graph should fail")
+explanation = gradgraph.explain_retain_graph(out)
+print(explanation)
+assert "PowBackward0: self" in explanation

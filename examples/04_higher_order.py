@@ -60,7 +60,10 @@ for order, value in enumerate(
 
 values = {"f": f(x), "f'": first_derivative}
 values.update({"f''": second_derivative, "f'''": third_derivative})
-together = gradgraph.trace(values, names={x: "x"})
-print(f"\nall orders in one graph: {len(together)} nodes, {len(together.roots)} roots")
-assert len(together.roots) == 4 and len(together.leaves) == 1  # one shared x
+# one graph of all four, each node tagged with the derivative order that made it
+together = gradgraph.trace_orders(*values.values(), names={x: "x"})
+per_order = gradgraph.order_summary(together)
+print("\nall orders in one graph; nodes each order added:")
+print({order: info["nodes"] for order, info in per_order.items()})
+assert sorted(per_order) == [0, 1, 2, 3] and len(together.leaves) == 1  # one x
 together.render(OUT / "all_orders.svg")

@@ -63,5 +63,13 @@ print(
 )
 assert len(hvp_graph) > 2 * len(forward_graph)
 hvp_graph.render(OUT / "hvp_graph.svg")
+
+# expand() runs both passes with create_graph=True and tags every node with the
+# pass that made it: 0 the loss graph, 1 the gradient, 2 the HVP.
+expanded = gradgraph.expand(fresh_loss, model, order=2, vector=vector)
+per_order = gradgraph.order_summary(expanded)
+print("nodes each pass added:", {k: v["nodes"] for k, v in per_order.items()})
+assert per_order[0]["nodes"] == len(forward_graph) and sorted(per_order) == [0, 1, 2]
+expanded.render(OUT / "expanded_orders.svg")
 print("last parameter, its direction and H v:")
 print(params[-1], vector[-1], hvp[-1], sep="\n")
