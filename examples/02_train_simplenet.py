@@ -47,7 +47,11 @@ for epoch in range(EPOCHS):
         # what create_graph=True added: order 0 is the loss graph, order 1 the
         # nodes autograd built while computing the gradient
         forward_graph = gradgraph.trace(loss, model=model)
-        grad_graph = gradgraph.trace_orders(loss, gradients, model=model)
+        named = {
+            f"d loss/d {n}": g
+            for (n, _), g in zip(model.named_parameters(), gradients, strict=True)
+        }
+        grad_graph = gradgraph.trace_orders({"loss": loss}, named, model=model)
     with torch.no_grad():  # the weight update is not part of any graph
         for param, grad in zip(model.parameters(), gradients, strict=True):
             param -= learning_rate * grad

@@ -61,7 +61,8 @@ for order, value in enumerate(
 values = {"f": f(x), "f'": first_derivative}
 values.update({"f''": second_derivative, "f'''": third_derivative})
 # one graph of all four, each node tagged with the derivative order that made it
-together = gradgraph.trace_orders(*values.values(), names={x: "x"})
+stages = ({name: value} for name, value in values.items())  # names the roots
+together = gradgraph.trace_orders(*stages, names={x: "x"})
 per_order = gradgraph.order_summary(together)
 print("\nall orders in one graph; nodes each order added:")
 print({order: info["nodes"] for order, info in per_order.items()})
