@@ -37,7 +37,17 @@ def find_examples(directory: Path) -> list[Path]:
 def run_examples(
     examples: list[Path], out: Path, env: dict | None = None
 ) -> list[ExampleRun]:
-    """Run each script with ``GRADGRAPH_OUT=out``, printing one progress line each."""
+    """Run each script with ``GRADGRAPH_OUT=out``, printing one progress line each.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "01_hi.py").write_text("print('hi')")
+        >>> [run] = run_examples([folder / "01_hi.py"], folder)  # doctest: +ELLIPSIS
+        [1/1] 01_hi.py ... ok in ...s
+        >>> run.ok, run.stdout
+        (True, 'hi\\n')
+    """
     env = dict(os.environ if env is None else env)
     env.update(GRADGRAPH_OUT=str(out), MPLBACKEND="Agg")
     runs = []
@@ -59,7 +69,22 @@ def run_examples(
 
 
 def demo(out: str, examples_dir: str | None = None) -> int:
-    """Run the examples and write the gallery; the exit status (0 when all ran)."""
+    """Run the examples and write the gallery; the exit status (0 when all ran).
+
+    Args:
+        out: folder for ``index.html`` and the examples' pictures.
+        examples_dir: folder of ``NN_*.py`` scripts; the packaged examples
+            when None.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "01_hi.py").write_text("'''Hi.'''\\nprint('hi')")
+        >>> demo(str(folder / "out"), str(folder))  # doctest: +ELLIPSIS
+        [1/1] 01_hi.py ... ok in ...s
+        gallery: .../out/index.html
+        0
+    """
     if importlib.util.find_spec("matplotlib") is None:
         print(
             "the examples draw plots with matplotlib, which is not installed; "

@@ -67,6 +67,15 @@ def example_pictures(folder: Path) -> list[tuple[Path, Path | None]]:
 
     An SVG hides the PNG of the same name (the PNG is the fallback), and an HTML
     file of the same name is the picture's interactive view.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("fit.png", "fit.svg", "graph.svg", "graph.html"):
+        ...     _ = (folder / name).write_text("x")
+        >>> sorted((p.name, page and page.name) for p, page in example_pictures(folder))
+        [('fit.svg', None), ('graph.svg', 'graph.html')]
     """
     if not folder.is_dir():
         return []
@@ -153,7 +162,18 @@ code { background: #eef0f3; padding: 0 .2rem; border-radius: 3px; }
 
 
 def write_gallery(runs: list[ExampleRun], out: Path) -> Path:
-    """Write ``out/index.html`` for the example runs; returns its path."""
+    """Write ``out/index.html`` for the example runs; returns its path.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> out = Path(tempfile.mkdtemp())
+        >>> script = out / "01_x.py"
+        >>> _ = script.write_text("'''1. X.\\n\\nShows x.'''")
+        >>> page = write_gallery([ExampleRun(script, True, "x = 1", "", 0.5)], out)
+        >>> "<h2>1. X.</h2>" in page.read_text(), "x = 1" in page.read_text()
+        (True, True)
+    """
     out = Path(out)
     ok = sum(r.ok for r in runs)
     nav = " ".join(
