@@ -8,9 +8,9 @@ Example:
     {'AccumulateGrad': 2, 'AddmmBackward0': 1, 'TBackward0': 1}
 """
 
-from .derivatives import hvp
+from .derivatives import Curvature, hvp
 from .graph import GradGraph, trace
 from .render.dot import DotNotFoundError
 
-__all__ = ["DotNotFoundError", "GradGraph", "hvp", "trace"]
+__all__ = ["Curvature", "DotNotFoundError", "GradGraph", "hvp", "trace"]
 __version__ = "0.1.0"
