@@ -84,3 +84,133 @@ def test_operator_is_the_hessian(problem):
     assert_close(torch.from_numpy(dense), truth)
     x = np.arange(curv.dim, dtype=np.float64)
     assert_close(torch.from_numpy(op.matvec(x)), truth @ torch.from_numpy(x))
+
+
+# ---- 2 gloo processes on 127.0.0.1 -------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def quantities(curv: Curvature) -> dict[str, torch.Tensor]:
+    """Everything Curvature computes, as tensors (the same calls on every rank)."""
+    torch.manual_seed(5)
+    v = torch.randn(curv.dim, dtype=torch.float64)
+    return {
+        "loss": torch.tensor(curv.loss()),
+        "gradient": flat(curv.gradient()),
+        "hvp": flat(curv.hvp(v)),
+    }
+
+
+def shard(dataset, rank: int, world_size: int) -> DataLoader:
+    """Every world_size-th sample from rank on (no padding, unlike DistributedSampler)."""
+    return DataLoader(
+        Subset(dataset, range(rank, len(dataset), world_size)), batch_size=2
+    )
+
+
+def worker(rank: int, world_size: int, port: int, mode: str, out: str) -> None:
+    """One rank: the quantities of its shard, then (mode "die"/"hang") a peer failure."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    result: dict = {}
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=20),
+        )
+        model, loss_fn, dataset = regression()
+        curv = Curvature(
+            model, loss_fn, shard(dataset, rank, world_size), progress=False
+        )
+        result["quantities"] = quantities(curv)
+        if mode != "equal":
+            calls = []
+
+            def failing_loss(out, target):
+                calls.append(1)
+                if rank == 1 and len(calls) == 2:  # mid-pass, after one batch
+                    if mode == "die":
+                        os._exit(3)
+                    time.sleep(60)
+                return loss_fn(out, target)
+
+            failing = Curvature(
+                model,
+                failing_loss,
+                shard(dataset, rank, world_size),
+                progress=False,
+                timeout=2.0,
+            )
+            start = time.monotonic()
+            try:
+                failing.hvp(torch.ones(curv.dim, dtype=torch.float64))
+                result["error"] = None
+            except RuntimeError as exc:
+                result["error"] = str(exc)
+            result["seconds"] = time.monotonic() - start
+        else:
+            dist.destroy_process_group()
+    except BaseException:
+        result["traceback"] = traceback.format_exc()
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    os._exit(0)  # leave without tearing down a group whose peer is gone
+
+
+def run_ranks(mode: str, tmp_path, world_size: int = 2) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [
+        ctx.Process(target=worker, args=(r, world_size, port, mode, str(tmp_path)))
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        procs[0].join(timeout=90)
+        assert procs[0].exitcode == 0, "rank 0 did not finish within 90 s"
+    finally:
+        for p in procs[1:]:
+            p.join(timeout=0 if mode == "hang" else 30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    results = []
+    for r in range(world_size):
+        path = tmp_path / f"rank{r}.pt"
+        if not path.exists():
+            results.append(None)
+            continue
+        res = torch.load(path)
+        assert "traceback" not in res, res.get("traceback")
+        results.append(res)
+    return results
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    ranks = run_ranks("equal", tmp_path)
+    model, loss_fn, dataset = regression()
+    one = quantities(
+        Curvature(model, loss_fn, DataLoader(dataset, batch_size=BATCH), progress=False)
+    )
+    for res in ranks:
+        for name, value in one.items():
+            assert_close(res["quantities"][name], value, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["die", "hang"])
+def test_a_failed_peer_makes_the_others_fail_clearly(tmp_path, mode):
+    ranks = run_ranks(mode, tmp_path)
+    rank0 = ranks[0]
+    assert rank0["error"] is not None, "rank 0 returned although rank 1 failed"
+    assert "rank 0 of 2" in rank0["error"]
+    assert "a peer rank died" in rank0["error"]
+    assert rank0["seconds"] < 2.0 + 3.0  # the 2 s timeout, with slack for a busy CPU
+    assert ranks[1] is None  # rank 1 never got to write its result
