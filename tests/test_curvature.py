@@ -20,6 +20,7 @@ from torch.testing import assert_close
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from gradgraph import Curvature
+from gradgraph.derivatives import diagonal_estimate, spectral_density, trace_estimate
 from tests.reference import dense_hessian
 
 SAMPLES, BATCH = 11, 4  # batches of 4, 4, 3: the last one is uneven
@@ -76,6 +77,56 @@ def test_hvp_gradient_and_loss_equal_full_batch(problem):
     assert_close(curv.matmat(block), truth @ block)
 
 
+def test_exact_diagonal_and_trace_equal_full_batch(problem):
+    curv, truth, _, _ = problem
+    assert_close(flat(curv.diagonal(method="exact")), truth.diagonal())
+    assert curv.trace() == pytest.approx(truth.trace().item(), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("quantity", "method"),
+    [
+        ("diagonal", "hutchinson"),
+        ("diagonal", "xdiag"),
+        ("trace", "hutchinson"),
+        ("trace", "hutch++"),
+        ("trace", "xtrace"),
+    ],
+)
+def test_estimators_see_the_full_batch_hessian(problem, quantity, method):
+    """With the same seed, an estimator over the DataLoader gives what it gives on
+    the dense full-batch Hessian: the same probes meet the same operator."""
+    curv, truth, _, _ = problem
+    estimate = {"diagonal": diagonal_estimate, "trace": trace_estimate}[quantity]
+    expected = estimate(
+        lambda v: truth @ v, curv.dim, method=method, matvecs=12, generator=7
+    )
+    got = getattr(curv, quantity)(method=method, matvecs=12, seed=7)
+    got = flat(got) if quantity == "diagonal" else torch.tensor(got).double()
+    assert_close(got, expected)
+
+
+def test_eigenvalues_and_density_of_the_full_batch_hessian(problem):
+    curv, truth, model, _ = problem
+    values, vectors = curv.eigenvalues(k=3, which="LM", seed=0)
+    exact = torch.linalg.eigvalsh(truth)
+    assert_close(values, exact[exact.abs().argsort(descending=True)[:3]])
+    assert len(vectors) == 3
+    for value, vector in zip(values, vectors, strict=True):
+        assert list(vector) == [n for n, _ in model.named_parameters()]
+        y = flat(vector)
+        assert_close(truth @ y, value * y, atol=1e-6, rtol=1e-6)
+    density = curv.density(probes=3, steps=6, seed=2)
+    peer = spectral_density(
+        lambda v: truth @ v, curv.dim, probes=3, steps=6, generator=2
+    )
+    assert_close(density.nodes, peer.nodes)
+    assert_close(density.weights, peer.weights)
+    assert density.moment(1).item() == pytest.approx(
+        truth.trace().item() / curv.dim, rel=0.5
+    )
+
+
 def test_operator_is_the_hessian(problem):
     curv, truth, _, _ = problem
     op = curv.operator()
@@ -100,24 +151,36 @@ def quantities(curv: Curvature) -> dict[str, torch.Tensor]:
     torch.manual_seed(5)
     v = torch.randn(curv.dim, dtype=torch.float64)
     return {
-        "loss": torch.tensor(curv.loss()),
+        "loss": torch.tensor(curv.loss(), dtype=torch.float64),
         "gradient": flat(curv.gradient()),
         "hvp": flat(curv.hvp(v)),
+        "diagonal": flat(curv.diagonal()),
+        "trace": torch.tensor(curv.trace(), dtype=torch.float64),
+        "xdiag": flat(curv.diagonal(method="xdiag", matvecs=8, seed=3)),
+        "hutchinson": torch.tensor(
+            curv.trace(method="hutchinson", matvecs=4, seed=3), dtype=torch.float64
+        ),
+        "eigenvalues": curv.eigenvalues(k=2, seed=4)[0],
+        "density": curv.density(probes=2, steps=4, seed=5).nodes,
     }
 
 
 def shard(dataset, rank: int, world_size: int) -> DataLoader:
-    """Every world_size-th sample from rank on (no padding, unlike DistributedSampler)."""
+    """Every world_size-th sample from ``rank`` on (no padding, unlike
+    DistributedSampler, which repeats samples to even out the shards)."""
     return DataLoader(
         Subset(dataset, range(rank, len(dataset), world_size)), batch_size=2
     )
 
 
 def worker(rank: int, world_size: int, port: int, mode: str, out: str) -> None:
-    """One rank: the quantities of its shard, then (mode "die"/"hang") a peer failure."""
+    """One rank. Mode "die": the quantities of its shard (saved), then rank 1 dies
+    mid-pass; mode "hang": rank 1 hangs mid-pass. Rank 0 records the error it got
+    and how long it took."""
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     result: dict = {}
+    path = os.path.join(out, f"rank{rank}.pt")
     try:
         dist.init_process_group(
             "gloo",
@@ -127,40 +190,33 @@ def worker(rank: int, world_size: int, port: int, mode: str, out: str) -> None:
             timeout=timedelta(seconds=20),
         )
         model, loss_fn, dataset = regression()
-        curv = Curvature(
-            model, loss_fn, shard(dataset, rank, world_size), progress=False
-        )
-        result["quantities"] = quantities(curv)
-        if mode != "equal":
-            calls = []
-
-            def failing_loss(out, target):
-                calls.append(1)
-                if rank == 1 and len(calls) == 2:  # mid-pass, after one batch
-                    if mode == "die":
-                        os._exit(3)
-                    time.sleep(60)
-                return loss_fn(out, target)
-
-            failing = Curvature(
-                model,
-                failing_loss,
-                shard(dataset, rank, world_size),
-                progress=False,
-                timeout=2.0,
+        loader = shard(dataset, rank, world_size)
+        if mode == "die":
+            result["quantities"] = quantities(
+                Curvature(model, loss_fn, loader, progress=False)
             )
-            start = time.monotonic()
-            try:
-                failing.hvp(torch.ones(curv.dim, dtype=torch.float64))
-                result["error"] = None
-            except RuntimeError as exc:
-                result["error"] = str(exc)
-            result["seconds"] = time.monotonic() - start
-        else:
-            dist.destroy_process_group()
+            torch.save(result, path)
+        calls = []
+
+        def failing_loss(out, target):
+            calls.append(1)
+            if rank == 1 and len(calls) == 2:  # mid-pass, after one batch
+                if mode == "die":
+                    os._exit(3)
+                time.sleep(60)
+            return loss_fn(out, target)
+
+        failing = Curvature(model, failing_loss, loader, progress=False, timeout=2.0)
+        start = time.monotonic()
+        try:
+            failing.hvp(torch.ones(failing.dim, dtype=torch.float64))
+            result["error"] = None
+        except RuntimeError as exc:
+            result["error"] = str(exc)
+        result["seconds"] = time.monotonic() - start
     except BaseException:
         result["traceback"] = traceback.format_exc()
-    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    torch.save(result, path)
     os._exit(0)  # leave without tearing down a group whose peer is gone
 
 
@@ -185,32 +241,43 @@ def run_ranks(mode: str, tmp_path, world_size: int = 2) -> list[dict]:
     results = []
     for r in range(world_size):
         path = tmp_path / f"rank{r}.pt"
-        if not path.exists():
-            results.append(None)
-            continue
-        res = torch.load(path)
+        res = torch.load(path) if path.exists() else {}
         assert "traceback" not in res, res.get("traceback")
         results.append(res)
     return results
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path):
-    ranks = run_ranks("equal", tmp_path)
+@pytest.fixture(scope="module")
+def die_run(tmp_path_factory):
+    """One 2-rank run: every quantity on both ranks, then rank 1 dies mid-pass."""
+    return run_ranks("die", tmp_path_factory.mktemp("die"))
+
+
+def test_two_gloo_processes_equal_one_process(die_run):
     model, loss_fn, dataset = regression()
-    one = quantities(
-        Curvature(model, loss_fn, DataLoader(dataset, batch_size=BATCH), progress=False)
-    )
-    for res in ranks:
+    loader = DataLoader(dataset, batch_size=BATCH)
+    one = quantities(Curvature(model, loss_fn, loader, progress=False))
+    assert set(die_run[0]["quantities"]) == set(one)
+    for rank in die_run:
         for name, value in one.items():
-            assert_close(res["quantities"][name], value, msg=name)
+            assert_close(rank["quantities"][name], value, msg=name)
 
 
-@pytest.mark.parametrize("mode", ["die", "hang"])
-def test_a_failed_peer_makes_the_others_fail_clearly(tmp_path, mode):
-    ranks = run_ranks(mode, tmp_path)
+def check_peer_failure(ranks, seconds: float) -> None:
     rank0 = ranks[0]
     assert rank0["error"] is not None, "rank 0 returned although rank 1 failed"
     assert "rank 0 of 2" in rank0["error"]
     assert "a peer rank died" in rank0["error"]
-    assert rank0["seconds"] < 2.0 + 3.0  # the 2 s timeout, with slack for a busy CPU
-    assert ranks[1] is None  # rank 1 never got to write its result
+    assert rank0["seconds"] < seconds
+    assert "error" not in ranks[1]  # rank 1 never got past the failure
+
+
+def test_a_dead_peer_makes_the_others_fail_clearly(die_run):
+    check_peer_failure(die_run, seconds=2.0 + 3.0)  # gloo sees the closed socket
+
+
+def test_a_hung_peer_makes_the_others_fail_after_the_timeout(tmp_path):
+    ranks = run_ranks("hang", tmp_path)
+    check_peer_failure(ranks, seconds=2.0 + 3.0)  # the 2 s timeout, with slack
+    assert ranks[0]["seconds"] >= 2.0 - 0.1
+    assert "within 2 s" in ranks[0]["error"]

@@ -35,6 +35,13 @@ from scipy.sparse.linalg import LinearOperator
 from tqdm.auto import tqdm
 
 from .allreduce import same_seed, sum_across_ranks, world
+from .estimate import (
+    SpectralDensity,
+    diagonal_estimate,
+    lanczos_eigenvalues,
+    spectral_density,
+    trace_estimate,
+)
 from .hvp import gradient_graph, hvp_with_grads
 from .params import as_params, as_vector, check_scalar_loss, grad_checked
 
@@ -274,10 +281,119 @@ class Curvature:
             dtype=np.float64,
         )
 
-    def _seed(self, seed: int | None) -> torch.Generator:
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(same_seed(seed, self.device))
-        return generator
+    # ---- estimators (gradgraph.derivatives.estimate on the dataset's matvec) -----
+
+    def _options(self, seed: int | None) -> dict[str, Any]:
+        """What every estimator gets: a seed shared by all ranks, dtype, device, bar."""
+        rank, _ = world()
+        return {
+            "generator": same_seed(seed, self.device),
+            "dtype": self.dtype,
+            "device": self.device,
+            "progress": self.progress and rank == 0,
+        }
+
+    def _exact_per_batch(self, estimate: Callable[..., torch.Tensor], shape, desc):
+        """An exact quantity of each batch's Hessian (estimate.py's "exact"
+        method on that batch's HVPs, one gradient graph per batch), averaged."""
+
+        def per_batch(loss):
+            grads = self._grads(loss)
+
+            def batch_matvec(v: torch.Tensor) -> torch.Tensor:
+                hv = hvp_with_grads(grads, self.params, self.params.unflatten(v))
+                return self.params.flatten(hv)
+
+            return estimate(
+                batch_matvec,
+                self.dim,
+                method="exact",
+                dtype=self.dtype,
+                device=self.device,
+                progress=False,
+            )
+
+        return self._pass(per_batch, shape, desc, True)
+
+    def diagonal(
+        self, method: str = "exact", matvecs: int = 64, seed: int | None = None
+    ) -> Any:
+        """The Hessian's diagonal, in the form of ``params``.
+
+        Args:
+            method: ``"exact"`` (``dim`` HVPs per batch, one pass over the data),
+                or an estimator of :func:`~gradgraph.derivatives.diagonal_estimate`
+                (``"xdiag"``, ``"hutchinson"``), each product one pass.
+            matvecs: products an estimator spends.
+            seed: the estimators' random seed; None draws one on rank 0 and
+                shares it, so every rank uses the same probes.
+        """
+        if method == "exact":
+            flat = self._exact_per_batch(diagonal_estimate, (self.dim,), "diagonal")
+        else:
+            flat = diagonal_estimate(
+                self.matvec,
+                self.dim,
+                method=method,
+                matvecs=matvecs,
+                **self._options(seed),
+            )
+        return self.params.pack(self.params.unflatten(flat))
+
+    def trace(
+        self, method: str = "exact", matvecs: int = 64, seed: int | None = None
+    ) -> float:
+        """The Hessian's trace: ``"exact"`` (one pass, ``dim`` HVPs per batch) or an
+        estimator of :func:`~gradgraph.derivatives.trace_estimate` (``"xtrace"``,
+        ``"hutch++"``, ``"hutchinson"``) spending ``matvecs`` passes."""
+        if method == "exact":
+            value = self._exact_per_batch(trace_estimate, (), "trace")
+        else:
+            value = trace_estimate(
+                self.matvec,
+                self.dim,
+                method=method,
+                matvecs=matvecs,
+                **self._options(seed),
+            )
+        return float(value.item())
+
+    def eigenvalues(
+        self,
+        k: int = 1,
+        which: str = "LA",
+        *,
+        tol: float = 1e-8,
+        max_matvecs: int | None = None,
+        seed: int | None = None,
+    ) -> tuple[torch.Tensor, list[Any]]:
+        """``k`` extreme eigenpairs by Lanczos (see
+        :func:`~gradgraph.derivatives.lanczos_eigenvalues`).
+
+        Returns:
+            ``(values, vectors)``: ``(k,)`` values in ``which`` order and a list
+            of ``k`` unit eigenvectors, each in the form of ``params``.
+        """
+        values, vectors = lanczos_eigenvalues(
+            self.matvec,
+            self.dim,
+            k,
+            which,
+            tol=tol,
+            max_matvecs=max_matvecs,
+            **self._options(seed),
+        )
+        packed = [self.params.pack(self.params.unflatten(v)) for v in vectors.t()]
+        return values, packed
+
+    def density(
+        self, probes: int = 8, steps: int = 64, seed: int | None = None
+    ) -> SpectralDensity:
+        """The spectral density by stochastic Lanczos quadrature
+        (:func:`~gradgraph.derivatives.spectral_density`), ``probes * steps`` passes."""
+        return spectral_density(
+            self.matvec, self.dim, probes=probes, steps=steps, **self._options(seed)
+        )
 
 
 def _batch_size(inputs: Any, index: int) -> int:
