@@ -281,3 +281,103 @@ def test_a_hung_peer_makes_the_others_fail_after_the_timeout(tmp_path):
     check_peer_failure(ranks, seconds=2.0 + 3.0)  # the 2 s timeout, with slack
     assert ranks[0]["seconds"] >= 2.0 - 0.1
     assert "within 2 s" in ranks[0]["error"]
+
+
+# ---- bad input, state left as it was -----------------------------------------------
+
+
+def test_a_non_scalar_loss_is_refused():
+    model, _, dataset = regression()
+
+    def per_sample(out, y):
+        return F.mse_loss(out, y, reduction="none")
+
+    curv = Curvature(model, per_sample, DataLoader(dataset, batch_size=4))
+    with pytest.raises(ValueError, match=r"batch 0: loss_fn.*scalar.*shape \(4, 2\)"):
+        curv.trace()
+
+
+def test_an_empty_data_loader_is_refused():
+    model, loss_fn, _ = regression()
+    empty = TensorDataset(torch.zeros(0, 3).double(), torch.zeros(0, 2).double())
+    for data in (DataLoader(empty, batch_size=4), []):
+        curv = Curvature(model, loss_fn, data, progress=False)
+        with pytest.raises(ValueError, match="no samples"):
+            curv.hvp(torch.zeros(curv.dim, dtype=torch.float64))
+
+
+def test_batches_that_do_not_fit_the_model_are_refused():
+    model, loss_fn, _ = regression()
+    wide = [(torch.randn(4, 5).double(), torch.randn(4, 2).double())]
+    with pytest.raises(ValueError, match=r"batch 0: the model rejected .*\(4, 5\)"):
+        Curvature(model, loss_fn, wide, progress=False).trace()
+    short = [(torch.randn(4, 3).double(), torch.randn(3, 2).double())]
+    with pytest.raises(ValueError, match=r"batch 0 has 4 inputs but targets.*\(3, 2\)"):
+        Curvature(model, loss_fn, short, progress=False).trace()
+    floats = [(torch.randn(4, 3), torch.randn(4, 2))]  # float32 into a float64 model
+    with pytest.raises(ValueError, match="batch 0: the model rejected"):
+        Curvature(model, loss_fn, floats, progress=False).loss()
+    with pytest.raises(TypeError, match=r"batch 0 .*\(inputs, targets\) pairs"):
+        Curvature(model, loss_fn, [torch.randn(4, 3)], progress=False).loss()
+
+
+def test_bad_arguments_are_refused():
+    model, loss_fn, dataset = regression()
+    loader = DataLoader(dataset, batch_size=4)
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        Curvature(model, loss_fn, (b for b in loader))
+    with pytest.raises(TypeError, match="iterable of"):
+        Curvature(model, loss_fn, 3)
+    with pytest.raises(TypeError, match="params is required"):
+        Curvature(lambda x: x, loss_fn, loader)
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        Curvature(model, "mse", loader)
+    with pytest.raises(ValueError, match="timeout"):
+        Curvature(model, loss_fn, loader, timeout=0)
+    curv = Curvature(model, loss_fn, loader, progress=False)
+    with pytest.raises(ValueError, match="flat vector of 26 entries"):
+        curv.hvp(torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown diagonal method"):
+        curv.diagonal(method="nope")
+
+
+def test_grad_mode_is_left_as_it_was_and_params_select_the_result_form():
+    model, loss_fn, dataset = regression()
+    loader = DataLoader(dataset, batch_size=4)
+    first = model[0]
+    curv = Curvature(model, loss_fn, loader, params=[first.weight], progress=False)
+    x, y = dataset.tensors
+    truth = torch.autograd.functional.hessian(
+        lambda w: loss_fn(model[2](model[1](F.linear(x, w, first.bias))), y),
+        first.weight.detach(),
+    ).reshape(12, 12)
+    v = torch.randn(3 * 4, dtype=torch.float64)
+    with torch.no_grad():
+        (hv,) = curv.hvp([v.view(4, 3)])
+        assert not torch.is_grad_enabled()
+    assert_close(hv.reshape(-1), truth @ v)
+    bad = Curvature(model, loss_fn, [(torch.randn(4, 5).double(), x[:4])])
+    with torch.no_grad(), pytest.raises(ValueError):
+        bad.trace()
+    assert torch.is_grad_enabled()
+
+
+def test_the_progress_bar_goes_to_stderr_and_can_be_turned_off(capsys):
+    model, loss_fn, dataset = regression()
+    loader = DataLoader(dataset, batch_size=4)
+    Curvature(model, loss_fn, loader, progress=False).trace()
+    assert capsys.readouterr().err == ""
+    Curvature(model, loss_fn, loader).trace()
+    captured = capsys.readouterr()
+    assert "trace" in captured.err and "3/3" in captured.err
+    assert captured.out == ""
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from gradgraph.derivatives import allreduce, curvature
+
+    for module in (curvature, allreduce):
+        failed, attempted = doctest.testmod(module)
+        assert attempted > 0 and failed == 0, module.__name__
