@@ -43,6 +43,15 @@ def classification():
 PROBLEMS = {"regression": regression, "classification": classification}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is fastest on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def full_batch_hessian(model, loss_fn, dataset) -> torch.Tensor:
     x, y = dataset.tensors
     return dense_hessian(model, lambda out: loss_fn(out, y), x)
@@ -381,3 +390,22 @@ def test_docstring_examples_run():
     for module in (curvature, allreduce):
         failed, attempted = doctest.testmod(module)
         assert attempted > 0 and failed == 0, module.__name__
+
+
+def test_the_example_runs_under_torchrun_with_two_processes(tmp_path):
+    """examples/07 under ``torchrun --nproc_per_node=2`` (gloo, loopback): every rank
+    asserts the global numbers against the dense full-batch Hessian."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "07_distributed_curvature.py"
+    env = {**os.environ, "GRADGRAPH_OUT": str(tmp_path), "GLOO_SOCKET_IFNAME": "lo"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    command += [f"--master_port={free_port()}", str(example)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "curvature.json").read_text())
+    assert results["processes"] == 2 and results["parameters"] == 141
+    assert (tmp_path / "density.svg").read_text().lstrip().startswith("<?xml")
