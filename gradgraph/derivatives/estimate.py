@@ -95,6 +95,14 @@ class _Setup:
         )
         return (bits.to(self.dtype) * 2 - 1).to(self.device)
 
+    def gaussian(self, count: int) -> torch.Tensor:
+        """A ``(dim, count)`` block of standard normal entries."""
+        where = self.generator.device if self.generator is not None else "cpu"
+        draw = torch.randn(
+            self.dim, count, generator=self.generator, device=where, dtype=self.dtype
+        )
+        return draw.to(self.device)
+
     def zeros(self, *shape: int) -> torch.Tensor:
         return torch.zeros(*shape, dtype=self.dtype, device=self.device)
 
@@ -392,9 +400,10 @@ def trace_estimate(
 class _Lanczos:
     """Lanczos with full reorthogonalisation, one step at a time.
 
-    Keeps the basis ``V`` and the tridiagonal ``T``; when the Krylov space
-    becomes invariant it restarts from a random vector orthogonal to ``V``
-    (``beta = 0`` there), so repeated eigenvalues are found too.
+    Keeps the basis ``V`` and the tridiagonal ``T``. When the Krylov space
+    becomes invariant (``beta = 0``) it starts a new block from a random
+    vector orthogonal to ``V``: ``T`` is then block diagonal, and copies of
+    repeated eigenvalues, which one Krylov space cannot hold, are found too.
     """
 
     def __init__(self, matvec: Matvec, setup: _Setup, start: torch.Tensor):
@@ -403,7 +412,9 @@ class _Lanczos:
         self.alpha: list[float] = []
         self.beta: list[float] = []  # beta[j] couples basis[j] and basis[j + 1]
         self.next = start / torch.linalg.vector_norm(start)
-        self.exhausted = False
+        self.exhausted = False  # the basis spans the whole space
+        self.broke_down = False  # the last step ended a block
+        self.block_start = 0  # where the current block began
         self.scale = 0.0
 
     def _orthogonalise(self, w: torch.Tensor) -> torch.Tensor:
@@ -413,6 +424,8 @@ class _Lanczos:
         return w
 
     def step(self) -> None:
+        if self.broke_down:
+            self.block_start = len(self.basis)
         q = self.next
         self.basis.append(q)
         w = _matvec_checked(self.matvec, q)
@@ -425,24 +438,42 @@ class _Lanczos:
             self.exhausted = True
             return
         tiny = max(self.scale, 1e-300) * self.setup.dim * torch.finfo(w.dtype).eps
-        if b > tiny:
+        self.broke_down = b <= tiny
+        if not self.broke_down:
             self.beta.append(b)
             self.next = w / b
             return
-        self.beta.append(0.0)  # invariant subspace: restart orthogonally
-        fresh = self._orthogonalise(self.setup.signs(1)[:, 0])
-        self.next = fresh / torch.linalg.vector_norm(fresh)
+        self.beta.append(0.0)
+        for _ in range(3):  # a Gaussian draw has a part outside V almost surely
+            draw = self.setup.gaussian(1)[:, 0]
+            fresh = self._orthogonalise(draw)
+            norm = torch.linalg.vector_norm(fresh)
+            if norm > 1e-6 * torch.linalg.vector_norm(draw):
+                self.next = fresh / norm
+                return
+        self.exhausted = True  # numerically, V already spans the space
 
-    def ritz(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def ritz(
+        self, block_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ritz values (ascending), T's eigenvectors, and each pair's residual."""
-        m = len(self.alpha)
-        T = torch.diag(torch.tensor(self.alpha, dtype=torch.float64))
+        first = self.block_start if block_only else 0
+        alpha, beta = self.alpha[first:], self.beta[first:]
+        m = len(alpha)
+        T = torch.diag(torch.tensor(alpha, dtype=torch.float64))
         if m > 1:
-            off = torch.tensor(self.beta[: m - 1], dtype=torch.float64)
+            off = torch.tensor(beta[: m - 1], dtype=torch.float64)
             T += torch.diag(off, 1) + torch.diag(off, -1)
         theta, W = torch.linalg.eigh(T)
-        last = self.beta[m - 1] if len(self.beta) >= m and not self.exhausted else 0.0
+        last = beta[m - 1] if len(beta) >= m and not self.exhausted else 0.0
         return theta, W, (last * W[-1]).abs()
+
+    def converged(self, k: int, which: str, tol: float, block_only: bool) -> bool:
+        theta, _, residual = self.ritz(block_only)
+        wanted = _pick(theta, min(k, len(theta)), which)
+        floor = self.setup.dim * torch.finfo(torch.float64).eps * self.scale
+        bound = tol * torch.clamp(theta[wanted].abs(), min=floor)
+        return bool((residual[wanted] <= bound).all())
 
 
 _WHICH = {"LA", "SA", "LM", "SM"}
@@ -477,7 +508,10 @@ def lanczos_eigenvalues(
     Stops as soon as every wanted Ritz pair ``(θ, y)`` has residual
     ``||A y - θ y|| <= tol * max(|θ|, eps * ||A||)``; for a symmetric ``A``
     an eigenvalue then lies within that distance of ``θ`` (the error of the
-    extreme ones is usually far smaller, about residual² / gap).
+    extreme ones is usually far smaller, about residual² / gap). One Krylov
+    space holds one copy of a repeated eigenvalue: further copies are found
+    when that space becomes invariant (Lanczos then restarts orthogonally),
+    but not when the wanted values converge first.
 
     Args:
         matvec: flat ``(dim,)`` -> flat ``(dim,)``, see the module docstring.
@@ -516,15 +550,18 @@ def lanczos_eigenvalues(
         while True:
             lanczos.step()
             bar.update()
-            theta, W, residual = lanczos.ritz()
-            if len(theta) < k:
-                continue
-            wanted = _pick(theta, k, which)
-            floor = setup.dim * torch.finfo(torch.float64).eps * lanczos.scale
-            bound = tol * torch.clamp(theta[wanted].abs(), min=floor)
-            done = bool((residual[wanted] <= bound).all())
-            if done or lanczos.exhausted or len(theta) >= max_matvecs:
+            steps = len(lanczos.alpha)
+            if lanczos.exhausted or steps >= max_matvecs:
                 break
+            if steps < k or lanczos.broke_down:
+                continue  # after a breakdown, explore the new block first
+            if lanczos.converged(k, which, tol, block_only=False) and (
+                lanczos.block_start == 0
+                or lanczos.converged(k, which, tol, block_only=True)
+            ):
+                break
+    theta, W, _ = lanczos.ritz()
+    wanted = _pick(theta, k, which)
     V = torch.stack(lanczos.basis, dim=1)
     vectors = V @ W[:, wanted].to(V.dtype)
     return theta[wanted].to(dtype), vectors

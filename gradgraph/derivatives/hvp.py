@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,6 +49,22 @@ def hvp_with_grads(
     ]
 
 
+def flat_hvp(
+    loss: torch.Tensor, params: ParamSet, allow_unused: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> H v`` on flat vectors, the matvec of :mod:`.estimate`.
+
+    Builds the gradient graph once; every call is one second backward.
+    """
+    params.check_uniform()
+    grads = gradient_graph(loss, params, allow_unused=allow_unused)
+
+    def matvec(vector: torch.Tensor) -> torch.Tensor:
+        return params.flatten(hvp_with_grads(grads, params, params.unflatten(vector)))
+
+    return matvec
+
+
 def hvp(
     loss: torch.Tensor | None,
     params: Any,
@@ -76,7 +93,7 @@ def hvp(
             raise ValueError("pass the loss, or grads built with create_graph=True.")
         g = gradient_graph(loss, ps, allow_unused=allow_unused)
     else:
-        g = as_vector(grads, ps, what="grads")
+        g = as_vector(grads, ps, what="grads", check_finite=False)
         if not any(t.requires_grad for t in g):
             raise ValueError(
                 "grads carry no graph; compute them with "
