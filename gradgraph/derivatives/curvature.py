@@ -36,13 +36,15 @@ from tqdm.auto import tqdm
 
 from .allreduce import same_seed, sum_across_ranks, world
 from .estimate import (
+    PROGRESS_DELAY_S,
     SpectralDensity,
     diagonal_estimate,
     lanczos_eigenvalues,
     spectral_density,
     trace_estimate,
 )
-from .hvp import gradient_graph, hvp_with_grads
+from .hessian import DIAGONAL_METHODS
+from .hvp import flat_hvp
 from .params import as_params, as_vector, check_scalar_loss, grad_checked
 
 PerBatch = Callable[[torch.Tensor], torch.Tensor]
@@ -117,6 +119,7 @@ class Curvature:
         self.loss_fn = loss_fn
         self.data = data
         self.params = as_params(params)
+        self.params.check_uniform()
         self.progress = progress
         self.timeout = timeout
         self.allow_unused = allow_unused
@@ -178,7 +181,11 @@ class Curvature:
         total = torch.zeros(shape, dtype=self.dtype, device=self.device)
         count = 0
         batches = tqdm(
-            self.data, desc=desc, disable=not (bar and self.progress) or rank != 0
+            self.data,
+            desc=desc,
+            disable=not (bar and self.progress) or rank != 0,
+            delay=PROGRESS_DELAY_S,
+            leave=False,
         )
         try:
             with torch.enable_grad():
@@ -203,9 +210,6 @@ class Curvature:
                 "DataLoader or list of (inputs, targets) batches."
             )
         return (payload[:-1] / count).to(self.dtype).view(shape)
-
-    def _grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
-        return gradient_graph(loss, self.params, allow_unused=self.allow_unused)
 
     # ---- public quantities -----------------------------------------------------
 
@@ -236,17 +240,11 @@ class Curvature:
                 f"expected a ({self.dim}, m) matrix, got shape {tuple(matrix.shape)}."
             )
         matrix = matrix.to(dtype=self.dtype, device=self.device)
-        columns = [self.params.unflatten(c) for c in matrix.t()]
+        columns = list(matrix.t())
 
         def per_batch(loss):
-            grads = self._grads(loss)
-            return torch.stack(
-                [
-                    self.params.flatten(hvp_with_grads(grads, self.params, v))
-                    for v in columns
-                ],
-                dim=1,
-            )
+            batch_matvec = flat_hvp(loss, self.params, allow_unused=self.allow_unused)
+            return torch.stack([batch_matvec(c) for c in columns], dim=1)
 
         return self._pass(per_batch, (self.dim, matrix.shape[1]), "H V", bar)
 
@@ -293,27 +291,17 @@ class Curvature:
             "progress": self.progress and rank == 0,
         }
 
-    def _exact_per_batch(self, estimate: Callable[..., torch.Tensor], shape, desc):
-        """An exact quantity of each batch's Hessian (estimate.py's "exact"
-        method on that batch's HVPs, one gradient graph per batch), averaged."""
+    def _exact_diagonal(self, desc: str) -> torch.Tensor:
+        """The flat diagonal of each batch's Hessian, exactly (the fastest exact
+        method of :func:`~gradgraph.hessian_diagonal`), averaged in one pass."""
 
         def per_batch(loss):
-            grads = self._grads(loss)
-
-            def batch_matvec(v: torch.Tensor) -> torch.Tensor:
-                hv = hvp_with_grads(grads, self.params, self.params.unflatten(v))
-                return self.params.flatten(hv)
-
-            return estimate(
-                batch_matvec,
-                self.dim,
-                method="exact",
-                dtype=self.dtype,
-                device=self.device,
-                progress=False,
+            exact = DIAGONAL_METHODS["auto"](
+                loss, self.params, allow_unused=self.allow_unused, progress=False
             )
+            return self.params.flatten(exact)
 
-        return self._pass(per_batch, shape, desc, True)
+        return self._pass(per_batch, (self.dim,), desc, True)
 
     def diagonal(
         self, method: str = "exact", matvecs: int = 64, seed: int | None = None
@@ -321,7 +309,7 @@ class Curvature:
         """The Hessian's diagonal, in the form of ``params``.
 
         Args:
-            method: ``"exact"`` (``dim`` HVPs per batch, one pass over the data),
+            method: ``"exact"`` (``dim`` batched HVP rows per batch, one pass),
                 or an estimator of :func:`~gradgraph.derivatives.diagonal_estimate`
                 (``"xdiag"``, ``"hutchinson"``), each product one pass.
             matvecs: products an estimator spends.
@@ -329,7 +317,7 @@ class Curvature:
                 shares it, so every rank uses the same probes.
         """
         if method == "exact":
-            flat = self._exact_per_batch(diagonal_estimate, (self.dim,), "diagonal")
+            flat = self._exact_diagonal("diagonal")
         else:
             flat = diagonal_estimate(
                 self.matvec,
@@ -343,11 +331,11 @@ class Curvature:
     def trace(
         self, method: str = "exact", matvecs: int = 64, seed: int | None = None
     ) -> float:
-        """The Hessian's trace: ``"exact"`` (one pass, ``dim`` HVPs per batch) or an
+        """The Hessian's trace: ``"exact"`` (the exact diagonal's sum) or an
         estimator of :func:`~gradgraph.derivatives.trace_estimate` (``"xtrace"``,
         ``"hutch++"``, ``"hutchinson"``) spending ``matvecs`` passes."""
         if method == "exact":
-            value = self._exact_per_batch(trace_estimate, (), "trace")
+            value = self._exact_diagonal("trace").sum()
         else:
             value = trace_estimate(
                 self.matvec,
