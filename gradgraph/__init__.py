@@ -21,8 +21,11 @@ from .derivatives import (
     hessian_trace,
     hvp,
 )
+from .expansion import expand, order_summary, trace_orders
 from .graph import GradGraph, trace
+from .recorder import record_backward, recording
 from .render.dot import DotNotFoundError
+from .retain import explain_retain_graph
 
 __all__ = [
     "Curvature",
@@ -30,6 +33,8 @@ __all__ = [
     "GradGraph",
     "SpectralDensity",
     "derivatives",
+    "expand",
+    "explain_retain_graph",
     "hessian",
     "hessian_blocks",
     "hessian_density",
@@ -38,6 +43,10 @@ __all__ = [
     "hessian_operator",
     "hessian_trace",
     "hvp",
+    "order_summary",
+    "record_backward",
+    "recording",
     "trace",
+    "trace_orders",
 ]
 __version__ = "0.1.0"

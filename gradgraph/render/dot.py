@@ -18,7 +18,7 @@ import os
 import graphviz
 
 from ..graph import GradGraph
-from .style import BASE_NODE, EDGE, GRAPH, node_style
+from .style import BASE_NODE, EDGE, GRAPH, edge_style, node_style
 from .text import shape_text
 
 INSTALL_HINT = (
@@ -53,9 +53,11 @@ def to_digraph(graph: GradGraph, edge_labels: bool = False) -> graphviz.Digraph:
         data = dag.nodes[node]
         dot.node(f"n{node}", node_label(data), **node_style(data["kind"]))
     for u, v, data in sorted(dag.edges(data=True)):
-        label = {"label": str(data["input_nr"])} if edge_labels else {}
+        attrs = dict(edge_style(data.get("kind")))
+        if edge_labels and "input_nr" in data:
+            attrs["label"] = str(data["input_nr"])
         for _ in range(data.get("multiplicity", 1)):
-            dot.edge(f"n{u}", f"n{v}", **label)
+            dot.edge(f"n{u}", f"n{v}", **attrs)
     return dot
 
 

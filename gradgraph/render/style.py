@@ -20,6 +20,12 @@ NODE_STYLES: dict[str, dict[str, str]] = {
 }
 BASE_NODE = {"fontname": FONT, "fontsize": "10", "height": "0.2"}
 
+# edges by ``kind``; a plain next-function edge has no kind
+EDGE_STYLES: dict[str | None, dict[str, str]] = {
+    None: {},
+    "created-by": {"style": "dashed", "color": "#999999", "constraint": "false"},
+}
+
 
 def node_style(kind: str) -> dict[str, str]:
     """Graphviz attributes for a node of ``kind`` (accumulate, op or root)."""
@@ -28,4 +34,15 @@ def node_style(kind: str) -> dict[str, str]:
     except KeyError:
         raise ValueError(
             f"no style for node kind {kind!r}; known kinds: {sorted(NODE_STYLES)}"
+        ) from None
+
+
+def edge_style(kind: str | None) -> dict[str, str]:
+    """Graphviz attributes for an edge of ``kind`` (None: a next-function edge)."""
+    try:
+        return EDGE_STYLES[kind]
+    except KeyError:
+        raise ValueError(
+            f"no style for edge kind {kind!r}; known kinds: "
+            f"{sorted(k for k in EDGE_STYLES if k)}"
         ) from None
