@@ -8,13 +8,18 @@ at a time, so memory does not grow with the dataset, and uneven last batches
 are weighted exactly.
 
 When ``torch.distributed`` is initialised, each rank goes through the data it
-was given (its shard, e.g. from a ``DistributedSampler``), and the weighted sums
-and sample counts are all-reduced, so every rank returns the global value.
-Random probes come from a seeded generator, identical on all ranks.
+was given (its shard), and the weighted sums and sample counts are all-reduced,
+so every rank returns the global value. Random probes come from a seed shared
+by all ranks. A ``DistributedSampler`` pads the shards with repeated samples
+when the dataset size is not a multiple of the world size (which shifts the
+mean slightly); ``Subset(dataset, range(rank, len(dataset), world_size))``
+does not. With gloo, a dead or hung peer makes the others raise a
+RuntimeError within ``timeout``; with nccl, a collective that never completes
+is ended by NCCL's watchdog after the process group's timeout.
 
 Example:
     >>> import torch
-    >>> torch.manual_seed(0) and None
+    >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(2, 1)
     >>> data = [(torch.randn(3, 2), torch.randn(3, 1)) for _ in range(2)]
     >>> curv = Curvature(model, torch.nn.functional.mse_loss, data, progress=False)
