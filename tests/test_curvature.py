@@ -328,6 +328,9 @@ def test_batches_that_do_not_fit_the_model_are_refused():
     short = [(torch.randn(4, 3).double(), torch.randn(3, 2).double())]
     with pytest.raises(ValueError, match=r"batch 0 has 4 inputs but targets.*\(3, 2\)"):
         Curvature(model, loss_fn, short, progress=False).trace()
+    classes = [(torch.randn(4, 3).double(), torch.tensor([0, 1, 2, 3]))]
+    with pytest.raises(ValueError, match=r"batch 0: loss_fn rejected .*\(4, 2\)"):
+        Curvature(model, F.cross_entropy, classes, progress=False).loss()
     floats = [(torch.randn(4, 3), torch.randn(4, 2))]  # float32 into a float64 model
     with pytest.raises(ValueError, match="batch 0: the model rejected"):
         Curvature(model, loss_fn, floats, progress=False).loss()

@@ -170,7 +170,16 @@ class Curvature:
                 f"{_shapes(inputs)}; make the data match the model's input. "
                 f"torch said: {exc}"
             ) from exc
-        loss = self.loss_fn(outputs, targets)
+        try:
+            loss = self.loss_fn(outputs, targets)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, IndexError) as exc:  # IndexError: class out of range
+            raise ValueError(
+                f"batch {index}: loss_fn rejected outputs of shape "
+                f"{_shapes(outputs)} with targets of shape {_shapes(targets)}; make "
+                f"the targets match the model's output. torch said: {exc}"
+            ) from exc
         try:
             check_scalar_loss(loss)
         except (TypeError, ValueError) as exc:
