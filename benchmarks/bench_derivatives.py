@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -69,7 +71,28 @@ def train(model: nn.Module, x, y, steps: int = 2000) -> float:
         loss = F.mse_loss(model(x), y)
         loss.backward()
         opt.step()
-    return float(F.mse_loss(model(x), y))
+    with torch.no_grad():
+        return F.mse_loss(model(x), y).item()
+
+
+def paired_ratio(ours, peer, pairs: int) -> float:
+    """Median of ours / peer over back-to-back runs, alternating which goes first.
+
+    Each pair sees about the same load, so on a busy machine this is steadier
+    than a ratio of two separately taken minimums.
+    """
+    ours(), peer()
+    ratios = []
+    for i in range(pairs):
+        first, second = (ours, peer) if i % 2 == 0 else (peer, ours)
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t2 = time.perf_counter()
+        a, b = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        ratios.append(a / b)
+    return statistics.median(ratios)
 
 
 def fmt(seconds: float) -> str:
@@ -145,31 +168,36 @@ def hvp_section(model, x, y, repeat: int) -> str:
         "torch.autograd.functional.hvp": functional_hvp,
     }
     best = {name: math.inf for name in candidates}
-    for _ in range(3):
+    for _ in range(5):
         for name, fn in candidates.items():
             best[name] = min(best[name], best_of(fn, repeat))
     unit = best["gradient (forward + backward)"]
-    peer_of = {
-        "gradgraph.hvp": "hand-written double backward",
-        "gradgraph.hvp(grads=...)": "hand-written 2nd backward, grads reused",
-    }
-    rows = []
-    for name, t in best.items():
-        peer = peer_of.get(name)
-        ratio = f"{t / best[peer]:.3f}" if peer else ""
-        rows.append([name, fmt(t), f"{t / unit:.2f}", ratio])
-    for name in ("torch.func jvp(grad) fwd-over-rev", "torch.autograd.functional.hvp"):
+    comparisons = [
+        ("gradgraph.hvp", "hand-written double backward"),
+        ("gradgraph.hvp(grads=...)", "hand-written 2nd backward, grads reused"),
+        ("gradgraph.hvp", "torch.func jvp(grad) fwd-over-rev"),
+        ("gradgraph.hvp", "torch.autograd.functional.hvp"),
+    ]
+    rows = [[name, fmt(t), f"{t / unit:.2f}", "", ""] for name, t in best.items()]
+    for ours_name, peer_name in comparisons:
+        paired = paired_ratio(candidates[ours_name], candidates[peer_name], 4 * repeat)
         rows.append(
             [
-                f"gradgraph.hvp vs {name}",
+                f"{ours_name} / {peer_name}",
                 "",
                 "",
-                f"{best['gradgraph.hvp'] / best[name]:.3f}",
+                f"{best[ours_name] / best[peer_name]:.3f}",
+                f"{paired:.3f}",
             ]
         )
-    return table(
-        rows, ["HVP (8,513 params, 1000 points)", "time", "x gradient", "ours / peer"]
-    )
+    header = [
+        "HVP (8,513 params, 1000 points)",
+        "best time",
+        "x gradient",
+        "ratio of bests",
+        "median paired ratio",
+    ]
+    return table(rows, header)
 
 
 # 2. estimators --------------------------------------------------------------
@@ -235,7 +263,7 @@ def pyhessian_top(model, x, y, max_iter: int, tol: float):
     try:
         import pyhessian  # noqa: F401
     except ImportError as exc:
-        return None, f"not installed: {exc}"
+        return None, f"not installed: {exc}"  # the table then shows why
     ph = sys.modules["pyhessian.hessian"]  # the module, not the class it exports
     original = ph.hessian_vector_product
     calls = [0]
@@ -249,11 +277,14 @@ def pyhessian_top(model, x, y, max_iter: int, tol: float):
     ph.hessian_vector_product = counted
     try:
         torch.manual_seed(0)
-        h = ph.hessian(model, nn.MSELoss(), data=(x, y), cuda=False)
-        values, _ = h.eigenvalues(maxIter=max_iter, tol=tol, top_n=1)
+        with warnings.catch_warnings():  # it calls backward(create_graph=True)
+            warnings.simplefilter("ignore", UserWarning)
+            h = ph.hessian(model, nn.MSELoss(), data=(x, y), cuda=False)
+            values, _ = h.eigenvalues(maxIter=max_iter, tol=tol, top_n=1)
     finally:
         torch.set_default_dtype(default)
         ph.hessian_vector_product = original
+        model.zero_grad(set_to_none=True)  # drop the .grad graphs it left
     return values[0], calls[0]
 
 
@@ -266,55 +297,34 @@ def eigen_section(model, x, y) -> str:
     )
     top = float(reference[0])
     rows = []
-    for budget in (10, 20, 30):
+
+    def row(label, calls, value):
+        error = "-" if value is None else f"{abs(float(value) / top - 1):.1e}"
+        rows.append([label, str(calls), error])
+
+    for budget in (5, 10, 20, 30):
         counted = Counting(matvec)
         value, _ = lanczos_eigenvalues(
-            counted, ps.numel, max_matvecs=budget, generator=0, progress=False
+            counted,
+            ps.numel,
+            tol=1e-30,
+            max_matvecs=budget,
+            generator=0,
+            progress=False,
         )
-        rows.append(
-            [
-                f"gradgraph Lanczos, {budget} HVP budget",
-                str(counted.calls),
-                f"{abs(float(value[0]) / top - 1):.1e}",
-            ]
-        )
+        row(f"gradgraph Lanczos, budget {budget}", counted.calls, value[0])
+        value, calls = pyhessian_top(model, x, y, budget, 0.0)
+        row(f"PyHessian power iteration, {budget} iterations", calls, value)
     counted = Counting(matvec)
-    value, _ = lanczos_eigenvalues(
-        counted, ps.numel, tol=1e-6, generator=0, progress=False
-    )
-    rows.append(
-        [
-            "gradgraph Lanczos, tol=1e-6 (residual)",
-            str(counted.calls),
-            f"{abs(float(value[0]) / top - 1):.1e}",
-        ]
-    )
+    value, _ = lanczos_eigenvalues(counted, ps.numel, generator=0, progress=False)
+    row("gradgraph.hessian_eigenvalues defaults (tol 1e-8)", counted.calls, value[0])
+    value, calls = pyhessian_top(model, x, y, 100, 1e-3)
+    row("PyHessian power iteration, its defaults (tol 1e-3)", calls, value)
     op = gradgraph.hessian_operator(F.mse_loss(model(x), y), model)
-    calls = Counting(op.matvec)
-    counted_op = LinearOperator(op.shape, matvec=calls, dtype=op.dtype)
+    counted = Counting(op.matvec)
+    counted_op = LinearOperator(op.shape, matvec=counted, dtype=op.dtype)
     value = eigsh(counted_op, k=1, which="LA", tol=1e-6, v0=np.ones(ps.numel))[0][0]
-    rows.append(
-        [
-            "scipy eigsh on hessian_operator, tol=1e-6",
-            str(calls.calls),
-            f"{abs(float(value) / top - 1):.1e}",
-        ]
-    )
-    for max_iter, tol, label in (
-        (30, 0.0, "30 iterations"),
-        (100, 1e-3, "default tol 1e-3"),
-    ):
-        value, calls = pyhessian_top(model, x, y, max_iter, tol)
-        if value is None:
-            rows.append([f"PyHessian power iteration, {label}", "-", calls])
-        else:
-            rows.append(
-                [
-                    f"PyHessian power iteration, {label}",
-                    str(calls),
-                    f"{abs(value / top - 1):.1e}",
-                ]
-            )
+    row("scipy eigsh(hessian_operator), tol 1e-6", counted.calls, value)
     note = f"\nreference top eigenvalue (Lanczos, residual 1e-14): {top:.12g}\n"
     return (
         table(rows, ["top eigenvalue (trained net)", "HVPs", "relative error"]) + note
@@ -347,7 +357,7 @@ def derivatives_section(repeat: int) -> str:
 
     assert [float(d) for d in ours()] == [float(d.detach()) for d in hand_chain()]
     assert float(nested_func_grad()) == 24.0
-    loops = 200
+    loops = 50
 
     def many(fn):
         return lambda: [fn() for _ in range(loops)]
@@ -359,36 +369,51 @@ def derivatives_section(repeat: int) -> str:
         best["func"] = min(
             best["func"], best_of(many(nested_func_grad), repeat) / loops
         )
+    pairs = 4 * repeat
     rows = [
-        ["hand-written create_graph chain (3 orders)", fmt(best["hand"]), ""],
+        ["hand-written create_graph chain (3 orders)", fmt(best["hand"]), "", ""],
         [
             "gradgraph.derivatives(f, 1.0, 3)",
             fmt(best["ours"]),
-            f"{best['ours'] / best['hand']:.2f} (vs hand chain)",
+            f"{best['ours'] / best['hand']:.2f} vs hand chain",
+            f"{paired_ratio(many(ours), many(hand_chain), pairs):.2f}",
         ],
         [
             "nested torch.func.grad (3rd order only)",
             fmt(best["func"]),
-            f"{best['ours'] / best['func']:.2f} (ours / func)",
+            f"ours / func {best['ours'] / best['func']:.2f}",
+            f"{paired_ratio(many(ours), many(nested_func_grad), pairs):.2f}",
         ],
     ]
-    return table(rows, ["x**4 at 1, orders 1-3", "time per call", "ratio"])
+    header = [
+        "x**4 at 1, orders 1-3",
+        "best time per call",
+        "ratio of bests",
+        "median paired ratio",
+    ]
+    return table(rows, header)
+
+
+SECTIONS = ("derivatives", "hvp", "estimators", "eigen")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument(
+        "--only", nargs="*", choices=SECTIONS, default=SECTIONS, help="sections to run"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}, torch threads: {args.threads}\n")
     x, y = seed_data()
-
-    print(derivatives_section(args.repeat), "\n")
-
-    untrained = wide_mlp()
-    print(hvp_section(untrained, x, y, args.repeat), "\n")
-
+    if "derivatives" in args.only:
+        print(derivatives_section(args.repeat), "\n")
+    if "hvp" in args.only:
+        print(hvp_section(wide_mlp(), x, y, args.repeat), "\n")
+    if "estimators" not in args.only and "eigen" not in args.only:
+        return
     start = time.perf_counter()
     trained = wide_mlp()
     final = train(trained, x, y)
@@ -396,10 +421,11 @@ def main() -> None:
         f"trained 1-64-64-64-1 Tanh: 2000 Adam steps in "
         f"{time.perf_counter() - start:.1f} s, final MSE {final:.4g}\n"
     )
-    budgets = [16, 32, 64, 128]
-    print(estimator_section(trained, x, y, "trained", budgets))
-    print(estimator_section(wide_mlp(), x, y, "initialisation", [64]))
-    print(eigen_section(trained, x, y))
+    if "estimators" in args.only:
+        print(estimator_section(trained, x, y, "trained", [16, 32, 64, 128]))
+        print(estimator_section(wide_mlp(), x, y, "initialisation", [64]))
+    if "eigen" in args.only:
+        print(eigen_section(trained, x, y))
 
 
 if __name__ == "__main__":

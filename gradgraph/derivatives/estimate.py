@@ -138,14 +138,15 @@ def _check_matvecs(matvecs: Any, least: int, method: str) -> int:
     return matvecs
 
 
-def _bar(total: int, setup: _Setup, desc: str):
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    """A tqdm bar that shows only after PROGRESS_DELAY_S and vanishes when done."""
     return tqdm(
-        total=total,
-        desc=desc,
-        disable=not setup.progress,
-        delay=PROGRESS_DELAY_S,
-        leave=False,
+        total=total, desc=desc, disable=not enabled, delay=PROGRESS_DELAY_S, leave=False
     )
+
+
+def _bar(total: int, setup: _Setup, desc: str) -> tqdm:
+    return progress_bar(total, desc, setup.progress)
 
 
 def _matvec_checked(matvec: Matvec, v: torch.Tensor) -> torch.Tensor:
@@ -171,13 +172,7 @@ def apply_columns(
                 [1., 3.]])
     """
     columns = []
-    with tqdm(
-        total=block.shape[1],
-        desc=desc,
-        disable=not progress,
-        delay=PROGRESS_DELAY_S,
-        leave=False,
-    ) as bar:
+    with progress_bar(block.shape[1], desc, progress) as bar:
         for j in range(block.shape[1]):
             columns.append(_matvec_checked(matvec, block[:, j].contiguous()))
             bar.update()

@@ -28,10 +28,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from .estimate import PROGRESS_DELAY_S, diagonal_estimate
-from .hvp import flat_hvp, gradient_graph
+from .estimate import diagonal_estimate, progress_bar
+from .hvp import gradient_graph, hessian_matvec
 from .params import ParamSet, as_params
 
 __all__ = [
@@ -60,13 +59,7 @@ def _chunks(numel: int, batch_size: int, progress: bool, desc: str) -> Iterator:
         raise TypeError(f"batch_size must be an int, got {batch_size!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    with tqdm(
-        total=numel,
-        desc=desc,
-        disable=not progress,
-        delay=PROGRESS_DELAY_S,
-        leave=False,
-    ) as bar:
+    with progress_bar(numel, desc, progress) as bar:
         for start in range(0, numel, batch_size):
             stop = min(start + batch_size, numel)
             yield start, stop
@@ -244,17 +237,11 @@ def _diagonal_estimated(method: str) -> Callable[..., list[torch.Tensor]]:
         progress: bool = True,
         **_: Any,
     ) -> list[torch.Tensor]:
-        matvec = flat_hvp(loss, ps, allow_unused=allow_unused)
-        first = ps.tensors[0]
         flat = diagonal_estimate(
-            matvec,
-            ps.numel,
+            **hessian_matvec(loss, ps, allow_unused, progress),
             method=method,
             matvecs=matvecs,
             generator=generator,
-            dtype=first.dtype,
-            device=first.device,
-            progress=progress,
         )
         return ps.unflatten(flat)
 

@@ -94,9 +94,12 @@ def derivatives(
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be an int >= 1, got {order!r}.")
     x = _as_input(x)
-    with torch.enable_grad():
+    if torch.is_grad_enabled():
         found = _differentiate(f, x, order, graph)
-    values = [d.detach() for d in found]
+    else:
+        with torch.enable_grad():
+            found = _differentiate(f, x, order, graph)
+    values = [d.detach() if d.requires_grad else d for d in found]
     if not graph:
         return values
     graphs = [trace(d, names={x: "x"}) if d.requires_grad else None for d in found]

@@ -1,9 +1,9 @@
 """hvp(): Hessian-vector products by Pearlmutter's double backward.
 
 ``H v = d/dθ (∇L(θ) · v)``: one backward with ``create_graph=True`` builds the
-gradient's graph, a second backward through ``∇L · v`` gives ``H v``. Pass
-``grads`` already built with ``create_graph=True`` to skip the first backward
-(and to reuse it for many vectors).
+gradient's graph, a second backward through it, seeded with ``v``, gives
+``H v``. Pass ``grads`` already built with ``create_graph=True`` to skip the
+first backward (and to reuse it for many vectors).
 
 Example:
     >>> import torch
@@ -36,16 +36,23 @@ def hvp_with_grads(
     vector: list[torch.Tensor],
     retain_graph: bool = True,
 ) -> list[torch.Tensor]:
-    """``H v`` from a gradient built with create_graph=True (no first backward)."""
-    dot = sum(
-        (g * v).sum() for g, v in zip(grads, vector, strict=True) if g.requires_grad
-    )
-    if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
-        # the gradient does not depend on the parameters: the loss is linear
+    """``H v`` from a gradient built with create_graph=True (no first backward).
+
+    ``v`` goes in as the backward's seed (``grad_outputs``), so no ``∇L · v``
+    graph is built: one backward through the gradient's graph, nothing more.
+    """
+    live = [(g, v) for g, v in zip(grads, vector, strict=True) if g.requires_grad]
+    if not live:  # the gradient does not depend on the parameters: L is linear
         return [torch.zeros_like(p) for p in params.tensors]
     return [
         h.detach()
-        for h in grad_checked(dot, params, retain_graph=retain_graph, allow_unused=True)
+        for h in grad_checked(
+            [g for g, _ in live],
+            params,
+            grad_outputs=[v for _, v in live],
+            retain_graph=retain_graph,
+            allow_unused=True,
+        )
     ]
 
 
@@ -63,6 +70,27 @@ def flat_hvp(
         return params.flatten(hvp_with_grads(grads, params, params.unflatten(vector)))
 
     return matvec
+
+
+def hessian_matvec(
+    loss: torch.Tensor,
+    params: ParamSet,
+    allow_unused: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The arguments :mod:`.estimate`'s functions take, for the Hessian of ``loss``.
+
+    ``matvec`` (:func:`flat_hvp`), ``dim``, ``dtype``, ``device``, ``progress``:
+    call e.g. ``trace_estimate(**hessian_matvec(loss, ps), method="xtrace")``.
+    """
+    first = params.tensors[0]
+    return {
+        "matvec": flat_hvp(loss, params, allow_unused=allow_unused),
+        "dim": params.numel,
+        "dtype": first.dtype,
+        "device": first.device,
+        "progress": progress,
+    }
 
 
 def hvp(

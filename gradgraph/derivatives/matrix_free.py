@@ -28,7 +28,7 @@ from .estimate import (
     trace_estimate,
 )
 from .hessian import DIAGONAL_METHODS
-from .hvp import flat_hvp
+from .hvp import flat_hvp, hessian_matvec
 from .params import as_params
 
 __all__ = [
@@ -102,16 +102,11 @@ def hessian_trace(
             loss, ps, allow_unused=allow_unused, progress=progress
         )
         return sum(d.sum() for d in diagonal)
-    first = ps.tensors[0]
     return trace_estimate(
-        flat_hvp(loss, ps, allow_unused=allow_unused),
-        ps.numel,
+        **hessian_matvec(loss, ps, allow_unused, progress),
         method=method,
         matvecs=matvecs,
         generator=generator,
-        dtype=first.dtype,
-        device=first.device,
-        progress=progress,
     )
 
 
@@ -144,18 +139,13 @@ def hessian_eigenvalues(
         ``hvp(loss, params, vectors[i])`` is ``values[i] * vectors[i]``).
     """
     ps = as_params(params)
-    first = ps.tensors[0]
     values, columns = lanczos_eigenvalues(
-        flat_hvp(loss, ps, allow_unused=allow_unused),
-        ps.numel,
-        k,
-        which,
+        **hessian_matvec(loss, ps, allow_unused, progress),
+        k=k,
+        which=which,
         tol=tol,
         max_matvecs=max_matvecs,
         generator=generator,
-        dtype=first.dtype,
-        device=first.device,
-        progress=progress,
     )
     vectors = [ps.pack(ps.unflatten(columns[:, i].contiguous())) for i in range(k)]
     return values, vectors
@@ -183,14 +173,9 @@ def hessian_density(
         9.0
     """
     ps = as_params(params)
-    first = ps.tensors[0]
     return spectral_density(
-        flat_hvp(loss, ps, allow_unused=allow_unused),
-        ps.numel,
+        **hessian_matvec(loss, ps, allow_unused, progress),
         probes=probes,
         steps=steps,
         generator=generator,
-        dtype=first.dtype,
-        device=first.device,
-        progress=progress,
     )

@@ -223,10 +223,10 @@ def as_vector(
 
 
 def grad_checked(
-    outputs: torch.Tensor,
+    outputs: torch.Tensor | Sequence[torch.Tensor],
     params: ParamSet,
     *,
-    grad_outputs: torch.Tensor | None = None,
+    grad_outputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     create_graph: bool = False,
     retain_graph: bool | None = None,
     allow_unused: bool = False,
