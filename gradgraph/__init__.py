@@ -9,6 +9,7 @@ Example:
 """
 
 from .derivatives import (
+    Curvature,
     SpectralDensity,
     derivatives,
     hessian,
@@ -27,6 +28,7 @@ from .render.dot import DotNotFoundError
 from .retain import explain_retain_graph
 
 __all__ = [
+    "Curvature",
     "DotNotFoundError",
     "GradGraph",
     "SpectralDensity",

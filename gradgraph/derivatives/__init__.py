@@ -1,5 +1,6 @@
 """The derivative engine: higher-order derivatives, HVPs, Hessians, estimators."""
 
+from .curvature import Curvature
 from .estimate import (
     SpectralDensity,
     diagonal_estimate,
@@ -19,6 +20,7 @@ from .matrix_free import (
 
 __all__ = [
     "DIAGONAL_METHODS",
+    "Curvature",
     "SpectralDensity",
     "derivatives",
     "diagonal_estimate",
