@@ -10,7 +10,7 @@ MEAN loss over all of them. Under torchrun each rank takes every world-th
 sample, and every rank gets the global numbers, which the script checks
 against the dense float64 Hessian of the full-batch loss. The same code runs
 nccl on GPUs (one per rank). Rank 0 writes curvature.json and density.svg
-under $GRADGRAPH_OUT (default out/).
+under $GRADGRAPH_OUT/07_distributed_curvature/ (default out/).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main() -> None:
     assert np.isclose(density.moment(1).item(), results["trace"] / curv.dim, rtol=0.5)
 
     if rank == 0:
-        out = Path(os.environ.get("GRADGRAPH_OUT", "out"))
+        out = Path(os.environ.get("GRADGRAPH_OUT", "out")) / Path(__file__).stem
         out.mkdir(parents=True, exist_ok=True)
         (out / "curvature.json").write_text(json.dumps(results, indent=2) + "\n")
         import matplotlib

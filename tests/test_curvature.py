@@ -415,6 +415,7 @@ def test_the_example_runs_under_torchrun_with_two_processes(tmp_path):
     command += [f"--master_port={free_port()}", str(example)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "curvature.json").read_text())
+    out = tmp_path / example.stem
+    results = json.loads((out / "curvature.json").read_text())
     assert results["processes"] == 2 and results["parameters"] == 141
-    assert (tmp_path / "density.svg").read_text().lstrip().startswith("<?xml")
+    assert (out / "density.svg").read_text().lstrip().startswith("<?xml")
