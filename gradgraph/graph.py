@@ -106,10 +106,10 @@ class GradGraph:
 
     # -- output forms --------------------------------------------------------
     def to_dot(self, **options: Any) -> str:
-        """DOT text (deterministic); options as in :func:`render.dot.to_digraph`."""
-        from .render.dot import to_digraph
+        """DOT text (deterministic); options as in :func:`render.dot.to_dot`."""
+        from .render.dot import to_dot
 
-        return to_digraph(self, **options).source
+        return to_dot(self, **options)
 
     def render(self, path: str, format: str = "svg", **options: Any) -> str:
         """Write the picture to ``path`` (needs the graphviz ``dot`` binary)."""
@@ -135,8 +135,25 @@ class GradGraph:
         data["graph"] = {"roots": self.roots, "outputs": self.outputs}
         return json.dumps(data, sort_keys=True, default=_jsonable)
 
+    def to_html(self, path: str | None = None, **options: Any) -> str:
+        """One self-contained interactive page (SVG, pan/zoom, search, details).
+
+        Writes it to ``path`` when given; returns the HTML text. Options as in
+        :func:`render.html.to_html`.
+        """
+        from .render.html import to_html
+
+        return to_html(self, path, **options)
+
     def _repr_svg_(self) -> str:
-        return self.to_svg()
+        from .render.html import NOTEBOOK_MAX_NODES
+
+        return self.to_svg(max_nodes=NOTEBOOK_MAX_NODES)
+
+    def _repr_html_(self) -> str:
+        from .render.html import notebook_html
+
+        return notebook_html(self)
 
 
 def _jsonable(value: Any) -> Any:
@@ -239,6 +256,8 @@ def _apply_names(fns: list, index: dict, names: Names, attrs: list) -> None:
                 if key in names.by_id:
                     attrs[node]["name"] = attrs[node]["label"] = names.by_id[key]
                     found.add(key)
+                    if key in names.strict:  # named via names=: an input
+                        attrs[node]["input"] = True
         for key in names.strict - found:
             tensor = names.tensors[key]
             node = index.get(tensor.grad_fn) if tensor.grad_fn is not None else None
