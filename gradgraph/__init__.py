@@ -10,7 +10,16 @@ Example:
 
 from .derivatives import hvp
 from .graph import GradGraph, trace
+from .modules import record_modules
 from .render.dot import DotNotFoundError
+from .render.dropin import make_dot
 
-__all__ = ["DotNotFoundError", "GradGraph", "hvp", "trace"]
+__all__ = [
+    "DotNotFoundError",
+    "GradGraph",
+    "hvp",
+    "make_dot",
+    "record_modules",
+    "trace",
+]
 __version__ = "0.1.0"

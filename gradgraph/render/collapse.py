@@ -35,7 +35,7 @@ Example:
     ...     y = y.sin()
     >>> small = collapse(trace(y.sum()), "chains")
     >>> sorted(d["kind"] for _, d in small.dag.nodes(data=True))
-    ['chain', 'leaf-input', 'root']
+    ['accumulate', 'chain', 'root']
 """
 
 from __future__ import annotations

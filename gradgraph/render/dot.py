@@ -156,20 +156,23 @@ class _NodeWriter:
             data.get("shape"),
             data.get("shapes"),
         )
-        body = self.cache.get(key) if "members" not in data else None
+        plain = "members" not in data and "attrs" not in data
+        body = self.cache.get(key) if plain else None
         if body is None:
             kind = style_kind(data)
             title, lines = node_lines(data)
+            lines += data.get("attrs", ())
             rest = "".join(f"{self.font}{html_text(t)}</font>" for t in lines if t)
             body = (
                 f'class="{kind}" label=<<b>{html_text(title)}</b>{rest}>'
                 f"{self.styles[kind]}"
             )
-            self.cache[key] = body
+            if plain:
+                self.cache[key] = body
         extra = self.extra.get(node)
         if extra:
             body += "".join(f' {k}="{v}"' for k, v in extra.items())
-        return f"\tn{node} [id=n{node} {body}]\n"
+        return f"n{node} [id=n{node} {body}]\n"
 
 
 def _saved_lines(node: int, data: dict, look: Theme) -> Iterator[str]:
@@ -178,16 +181,14 @@ def _saved_lines(node: int, data: dict, look: Theme) -> Iterator[str]:
     if not saved:
         return
     ids = [f"n{node}s{i}" for i in range(len(saved))]
-    yield f"\t{{rank=same; n{node}; {'; '.join(ids)}}}\n"
+    yield f"{{rank=same; n{node}; {'; '.join(ids)}}}\n"
     for sid, fact in zip(ids, saved, strict=True):
         kind = "freed" if fact["freed"] else "saved"
         title, lines = saved_lines(fact)
         text = label(title, *lines, color=look.muted)
         style = _attrs(node_style(kind, look))
-        yield f'\t{sid} [id={sid} class="{kind}" label={text} {style}]\n'
-        yield (
-            f'\tn{node} -> {sid} [style=dashed dir=none color="{look.saved_edge}"]\n'
-        )
+        yield f'{sid} [id={sid} class="{kind}" label={text} {style}]\n'
+        yield f'n{node} -> {sid} [style=dashed dir=none color="{look.saved_edge}"]\n'
 
 
 def _header(look: Theme, flow: str, title: str | None) -> list[str]:
