@@ -93,7 +93,7 @@ def test_edge_labels_give_input_nr_and_shape():
     dot = g.to_dot(edge_labels=True)
     for u, v, data in g.dag.edges(data=True):
         shape = ",".join(map(str, g.dag.nodes[v]["shape"]))
-        pattern = rf"\tn{u} -> n{v} \[label=<.*?>{data['input_nr']}: \[{shape}\]<"
+        pattern = rf"\tn{v} -> n{u} \[label=<.*?>{data['input_nr']}: \[{shape}\]<"
         assert re.search(pattern, dot), (u, v)
 
 
@@ -132,7 +132,9 @@ def test_order_bands_one_cluster_per_order():
 def test_flow_and_title_and_bad_flow():
     out, kw = mlp()
     g = trace(out, **kw)
-    assert 'rankdir="BT"' in g.to_dot() and 'rankdir="TB"' in g.to_dot(flow="backward")
+    u, v = next(iter(g.dag.edges))
+    assert f"\tn{v} -> n{u}\n" in g.to_dot()  # forward: input -> consumer
+    assert f"\tn{u} -> n{v}\n" in g.to_dot(flow="backward")  # next_functions
     assert "my &lt;title&gt;" in g.to_dot(title="my <title>")
     with pytest.raises(ValueError, match="forward"):
         g.to_dot(flow="sideways")

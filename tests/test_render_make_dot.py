@@ -34,7 +34,7 @@ def make_dot_structure(dot, graph) -> tuple[set[int], set[tuple[int, int]]]:
     edges = set()
     for line in dot.body:
         if m := _EDGE.match(line.rstrip("\n")):
-            edges.add((ids[int(m.group(1))], ids[int(m.group(2))]))
+            edges.add((ids[int(m.group(2))], ids[int(m.group(1))]))  # input -> use
     nodes = {ids[int(n)] for n in re.findall(r"^\tn(\d+) \[", dot.source, re.M)}
     return nodes, edges
 

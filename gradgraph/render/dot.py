@@ -37,7 +37,7 @@ INSTALL_HINT = (
     "'apt-get install graphviz' (Debian/Ubuntu), 'brew install graphviz' (macOS) or "
     "'conda install graphviz'. to_dot(), to_text() and to_json() work without it."
 )
-FLOWS = {"forward": ("BT", "back"), "backward": ("TB", "forward")}
+FLOWS = ("forward", "backward")
 
 
 class DotNotFoundError(RuntimeError):
@@ -194,24 +194,23 @@ def _saved_lines(node: int, data: dict, look: Theme) -> Iterator[str]:
 def _header(look: Theme, flow: str, title: str | None) -> list[str]:
     if flow not in FLOWS:
         raise ValueError(f"flow={flow!r}; use 'forward' or 'backward'.")
-    rankdir, direction = FLOWS[flow]
     graph = {
         "bgcolor": look.background,
         "fontname": FONT,
         "fontsize": "12",
         "fontcolor": look.text,
-        "rankdir": rankdir,
+        "rankdir": "TB",
         "nodesep": "0.25",
         "ranksep": "0.3",
         "pad": "0.2",
         "labeljust": "l",
-        "labelloc": "b" if rankdir == "BT" else "t",
+        "labelloc": "t",
     }
     lines = [
         f"\tgraph [{_attrs(graph)}]\n",
         f'\tnode [fontname="{FONT}" fontsize="10" margin="0.12,0.05" height="0.3"'
         f' penwidth="1.2" {_attrs(look.kinds["op"])}]\n',
-        f'\tedge [color="{look.edge}" arrowsize="0.6" dir="{direction}"]\n',
+        f'\tedge [color="{look.edge}" arrowsize="0.6"]\n',
     ]
     if title:
         lines.append(f"\tlabel={label(title)} labelloc=t\n")
@@ -272,7 +271,7 @@ def dot_lines(
                 emit(value, pad)
         if order is not None:
             lines.append("\t}\n")
-    lines.extend(_edge_lines(graph, edge_labels, look))
+    lines.extend(_edge_lines(graph, edge_labels, look, flow == "forward"))
     return lines
 
 
@@ -315,7 +314,10 @@ def _module_tree(by_module: dict[str, list[int]]) -> Iterator[tuple]:
     yield from walk("", 0)  # recursion depth = module nesting depth (small)
 
 
-def _edge_lines(graph: GradGraph, edge_labels: bool, look: Theme) -> list[str]:
+def _edge_lines(
+    graph: GradGraph, edge_labels: bool, look: Theme, forward: bool
+) -> list[str]:
+    """One line per edge, in id order; ``forward`` writes it input -> consumer."""
     dag = graph.dag
     out = []
     succ = dag._succ
@@ -324,7 +326,7 @@ def _edge_lines(graph: GradGraph, edge_labels: bool, look: Theme) -> list[str]:
         for v in sorted(targets) if len(targets) > 1 else targets:
             data = targets[v]
             attrs = _edge_label(dag.nodes[v], data, look) if edge_labels else ""
-            line = f"\tn{u} -> n{v}{attrs}\n"
+            line = f"\tn{v} -> n{u}{attrs}\n" if forward else f"\tn{u} -> n{v}{attrs}\n"
             out.append(line)
             if "multiplicity" in data:
                 out.extend([line] * (data["multiplicity"] - 1))
@@ -367,8 +369,9 @@ def to_dot(
             :mod:`gradgraph.render.collapse`).
         clusters: draw derivative-order bands and module clusters.
         flow: ``"forward"`` draws inputs at the top and arrows the way data
-            flows (like torchviz); ``"backward"`` draws the outputs at the top
-            and arrows along ``next_functions``.
+            flows, like torchviz (the DOT edge of DAG edge ``u -> v`` is
+            ``n<v> -> n<u>``); ``"backward"`` draws the outputs at the top and
+            arrows along ``next_functions`` (``n<u> -> n<v>``).
         title: a caption above the picture.
     """
     drawn = drawn_graph(graph, collapse, max_nodes)

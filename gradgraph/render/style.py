@@ -73,7 +73,10 @@ def _kinds(fill: dict[str, str], line: dict[str, str], text: str) -> dict:
     }
     table = {}
     for kind in KINDS:
+        # tensors (leaves, outputs) are rounded; backward ops are plain boxes
         shape, style = shapes.get(kind, ("box", "filled,rounded"))
+        if kind == "op":
+            style = "filled"
         table[kind] = {
             "shape": shape,
             "style": style,
