@@ -62,7 +62,7 @@ def big_rows() -> list[list[str]]:
     loss, model, rec = big_model_graph(11_200)
 
     def render_model():
-        graph = rec.annotate(trace(loss, model=model))
+        graph = trace(loss, model=model, modules=rec)
         return graph, graph.to_svg(max_nodes=200)
 
     (graph, svg), seconds = timed(render_model)

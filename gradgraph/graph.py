@@ -275,6 +275,7 @@ def trace(
     params: Mapping | Iterable | None = None,
     names: Mapping | None = None,
     keep: bool = False,
+    modules: Any = None,
 ) -> GradGraph:
     """Trace the autograd graph behind ``outputs`` into a :class:`GradGraph`.
 
@@ -287,6 +288,8 @@ def trace(
             intermediate values; each must be in the graph.
         keep: keep the grad_fn objects so ``GradGraph.grad_fn(node)`` works
             (this keeps the graph's saved tensors alive).
+        modules: a record from :func:`gradgraph.record_modules`; nodes created
+            inside a submodule's forward get its name as ``module``.
 
     Works on graphs whose buffers ``backward()`` already freed: saved tensors are
     then marked ``freed``. Never changes the graph.
@@ -306,9 +309,19 @@ def trace(
         owners = user_names.storage_owners() if user_names.tensors else None
         attrs = [node_facts(fn, owners) for fn in fns]
         _apply_names(fns, index, user_names, attrs)
+        if modules is not None:
+            _apply_modules(fns, attrs, modules)
         roots, outputs_info = _mark_roots(flat, root_fns, index, attrs)
         dag = _build_dag(attrs, _edges(nexts, index))
     return GradGraph(dag, roots, outputs_info, fns if keep else None)
+
+
+def _apply_modules(fns: list, attrs: list, modules: Any) -> None:
+    """``module`` on each node that ``modules`` (a ModuleRecord) knows."""
+    for fn, data in zip(fns, attrs, strict=True):
+        name = modules.module(fn)
+        if name is not None:
+            data["module"] = name
 
 
 def _mark_roots(flat: list, root_fns: list, index: dict, attrs: list):

@@ -6,11 +6,13 @@ number at the start of the call (by creating one tiny probe node); the hook
 walks back from the call's outputs over the nodes created since then and
 gives each node not yet claimed the module's dotted name. Inner modules
 finish first, so a node belongs to the innermost module that created it.
-Only sequence numbers and names are kept (no tensors, no grad_fn objects), and
-every hook is removed when the block ends, also on error.
+Nodes are remembered by ``(id(node), sequence number)`` (no tensors or
+grad_fn objects are kept; sequence numbers alone repeat between the forward
+and a ``create_graph`` backward, ids alone could be reused), and every hook is
+removed when the block ends, also on error.
 
-``rec.annotate(graph)`` then sets the ``module`` attribute of the traced nodes
-(``"encoder.layer.3"``), which the renderers draw as clusters and
+``trace(..., modules=rec)`` then sets the ``module`` attribute of the nodes it
+finds (``"encoder.layer.3"``), which the renderers draw as nested clusters and
 ``collapse="modules"`` folds.
 
 Example:
@@ -19,7 +21,7 @@ Example:
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
     >>> with record_modules(model) as rec:
     ...     out = model(torch.ones(1, 2)).sum()
-    >>> g = rec.annotate(trace(out, model=model))
+    >>> g = trace(out, model=model, modules=rec)
     >>> sorted({m for _, m in g.dag.nodes(data="module") if m})
     ['0', '1']
 """
@@ -32,16 +34,14 @@ from typing import Any
 
 import torch
 
-from .graph import GradGraph
-
 _NO_SEQ = 2**64 - 1  # AccumulateGrad's sequence number
 
 
 class ModuleRecord:
-    """Sequence number -> module name, filled while :func:`record_modules` runs."""
+    """(node id, sequence number) -> module name, filled by :func:`record_modules`."""
 
     def __init__(self) -> None:
-        self.module_of: dict[int, str] = {}
+        self.module_of: dict[tuple[int, int], str] = {}
         self._starts: list[int] = []
         self._probe = torch.zeros((), requires_grad=True)
 
@@ -65,16 +65,14 @@ class ModuleRecord:
             seq = fn._sequence_nr()
             if seq <= start or seq == _NO_SEQ:
                 continue
-            claimed.setdefault(seq, name)
+            claimed.setdefault((id(fn), seq), name)
             stack.extend(c for c, _ in fn.next_functions if c is not None)
 
-    def annotate(self, graph: GradGraph) -> GradGraph:
-        """Set ``module`` on every node of ``graph`` this record knows; returns it."""
-        for _, data in graph.dag.nodes(data=True):
-            seq = data.get("seq_nr")
-            if seq is not None and seq in self.module_of:
-                data["module"] = self.module_of[seq]
-        return graph
+    def module(self, fn: Any) -> str | None:
+        """The module whose forward created the autograd node ``fn``, if known."""
+        if not self.module_of:
+            return None
+        return self.module_of.get((id(fn), fn._sequence_nr()))
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

@@ -38,7 +38,7 @@ def net_graph(blocks: int = 6):
     model = Net(blocks)
     with record_modules(model) as rec:
         out = model(torch.randn(2, 4)).pow(2).mean()
-    return rec.annotate(trace(out, model=model))
+    return trace(out, model=model, modules=rec)
 
 
 def chain_graph(n: int):
@@ -143,3 +143,20 @@ def test_record_modules_names_the_innermost_module():
     assert by_op["TanhBackward0"] == {"encoder.0", "encoder.1"}
     assert by_op["MeanBackward0"] == {None}  # created outside the model
     assert by_op["AddmmBackward0"] == {"encoder.0.lin", "encoder.1.lin", "head"}
+
+
+def test_record_modules_leaves_backward_created_nodes_alone():
+    torch.manual_seed(0)
+    model = Net(2)
+    with record_modules(model) as rec:
+        loss = model(torch.randn(2, 4)).pow(2).mean()
+    forward = trace(loss, model=model, modules=rec, keep=True)
+    grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+    both = trace(*grads, model=model, modules=rec, keep=True)
+    owner = {
+        id(forward.grad_fn(n)): d.get("module") for n, d in forward.dag.nodes(data=True)
+    }
+    for node, data in both.dag.nodes(data=True):
+        fn = id(both.grad_fn(node))
+        assert data.get("module") == owner.get(fn), data["op"]
+    assert any(id(both.grad_fn(n)) not in owner for n in both.dag)  # backward nodes

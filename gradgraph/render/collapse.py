@@ -44,7 +44,7 @@ from collections import Counter
 
 import networkx as nx
 
-from ..graph import GradGraph
+from ..graph import GradGraph, _gc_paused
 
 MODES = {
     None: (),
@@ -83,7 +83,12 @@ def collapse(
     steps = MODES[mode]
     if max_nodes is not None and len(graph) <= max_nodes and not steps:
         return graph
-    out = _as_boxes(graph)
+    with _gc_paused():  # many small dicts, none of them garbage
+        return _collapse(graph, steps, max_nodes, min_chain)
+
+
+def _collapse(graph: GradGraph, steps: tuple, max_nodes: int | None, min_chain: int):
+    out = graph
     if "modules" in steps:
         out = fold_modules(out, depth=None)
     if "chains" in steps:
@@ -108,22 +113,6 @@ def _modules(dag: nx.DiGraph) -> set[str]:
     return {m for _, m in dag.nodes(data="module") if m}
 
 
-def _as_boxes(graph: GradGraph) -> GradGraph:
-    """The same graph with ``members`` on every node and module-owned parameters."""
-    dag = graph.dag
-    known = _modules(dag)
-    nodes = {}
-    for node, data in dag.nodes(data=True):
-        data = dict(data, members=(node,))
-        if not data.get("module") and data["kind"] == "accumulate" and known:
-            data["module"] = parameter_module(data.get("name"), known)
-        nodes[node] = data
-    new = nx.DiGraph()
-    new.add_nodes_from(nodes.items())
-    new.add_edges_from(dag.edges(data=True))
-    return GradGraph(new, list(graph.roots), list(graph.outputs))
-
-
 def parameter_module(name: str | None, known: set[str]) -> str | None:
     """The longest known module name that prefixes a parameter name, if any."""
     while name and "." in name:
@@ -134,31 +123,50 @@ def parameter_module(name: str | None, known: set[str]) -> str | None:
 
 
 def _quotient(graph: GradGraph, group: dict[int, int], boxes: dict) -> GradGraph:
-    """Merge each node into ``group[node]`` (absent: itself); boxes give new data."""
+    """Merge each node into ``group[node]`` (absent: itself); boxes give new data.
+
+    Filled in bulk like ``graph._build_dag``: node and edge data dicts of the
+    nodes that stay are shared with ``graph`` (never changed), not copied.
+    """
     dag = graph.dag
-    new = nx.DiGraph()
-    for node, data in dag.nodes(data=True):
+    nodes = {}
+    for node, data in dag._node.items():
         rep = group.get(node, node)
         if rep == node:
-            new.add_node(node, **boxes.get(node, data))
-    for u, v, data in dag.edges(data=True):
-        a, b = group.get(u, u), group.get(v, v)
-        if a != b and not new.has_edge(a, b):
-            new.add_edge(a, b, **data)
-    roots = list(dict.fromkeys(group.get(r, r) for r in graph.roots))
-    outputs = [dict(o, node=group.get(o["node"], o["node"])) for o in graph.outputs]
+            nodes[node] = boxes.get(node, data)
+    succ: dict[int, dict] = {n: {} for n in nodes}
+    pred: dict[int, dict] = {n: {} for n in nodes}
+    get = group.get
+    for u, targets in dag._succ.items():
+        a = get(u, u)
+        out = succ[a]
+        for v, data in targets.items():
+            b = get(v, v)
+            if a != b and b not in out:
+                out[b] = data
+                pred[b][a] = data
+    new = nx.DiGraph()
+    new._node.update(nodes)
+    new._succ.update(succ)
+    new._pred.update(pred)
+    roots = list(dict.fromkeys(get(r, r) for r in graph.roots))
+    outputs = [dict(o, node=get(o["node"], o["node"])) for o in graph.outputs]
     return GradGraph(new, roots, outputs)
 
 
-def _box(kind: str, members: list[dict], label: str, **extra) -> dict:
-    """Data for a box holding the nodes (or boxes) ``members``; first is the top."""
+def _box(kind: str, items: list[tuple[int, dict]], label: str, **extra) -> dict:
+    """Data for a box holding the nodes (or boxes) ``items``; first is the top."""
     ops: Counter = Counter()
     ids: list[int] = []
-    for data in members:
-        ops.update(data.get("ops") or {data["op"]: 1})
-        ids.extend(data["members"])
-    top = members[0]
-    orders = {m.get("order") for m in members}
+    for node, data in items:
+        if "ops" in data:
+            ops.update(data["ops"])
+            ids.extend(data["members"])
+        else:
+            ops[data["op"]] += 1
+            ids.append(node)
+    top = items[0][1]
+    orders = {d.get("order") for _, d in items}
     return {
         "op": label,
         "kind": kind,
@@ -215,13 +223,14 @@ def fold_chains(graph: GradGraph, min_chain: int = 3) -> GradGraph:
             chain.append(link[chain[-1]])
         if len(chain) < min_chain:
             continue
-        members = [dag.nodes[n] for n in chain]
+        items = [(n, dag._node[n]) for n in chain]
         rep = min(chain)  # a box's id is its smallest member, so min(chain) is too
-        label = f"{_short(members[-1])} … {_short(members[0])}"  # forward order
-        module = members[0].get("module")
-        if members[0]["kind"] == "module":  # a chain of sibling modules
+        first, last = items[0][1], items[-1][1]
+        label = f"{_short(last)} … {_short(first)}"  # forward order
+        module = first.get("module")
+        if first["kind"] == "module":  # a chain of sibling modules
             module = module.rsplit(".", 1)[0] if "." in module else None
-        boxes[rep] = _box("chain", members, label, module=module)
+        boxes[rep] = _box("chain", items, label, module=module)
         group.update(dict.fromkeys(chain, rep))
     return _quotient(graph, group, boxes)
 
@@ -235,11 +244,18 @@ def _short(data: dict) -> str:
 
 
 def fold_modules(graph: GradGraph, depth: int | None = None) -> GradGraph:
-    """Merge the nodes of each module (names cut to ``depth`` parts) into a box."""
+    """Merge the nodes of each module (names cut to ``depth`` parts) into a box.
+
+    AccumulateGrad nodes without a module join the module their parameter name
+    starts with (``encoder.0.lin.weight`` -> ``encoder.0.lin``).
+    """
     dag = graph.dag
+    known = _modules(dag)
     by_module: dict[str, list[int]] = {}
-    for node, data in dag.nodes(data=True):
+    for node, data in dag._node.items():
         module = data.get("module")
+        if not module and data["kind"] == "accumulate":
+            module = parameter_module(data.get("name"), known)
         if module:
             if depth is not None:
                 module = ".".join(module.split(".")[:depth])
@@ -247,15 +263,14 @@ def fold_modules(graph: GradGraph, depth: int | None = None) -> GradGraph:
     group: dict[int, int] = {}
     boxes: dict[int, dict] = {}
     for module, nodes in by_module.items():
-        if len(nodes) == 1 and dag.nodes[nodes[0]]["kind"] == "module":
+        if len(nodes) == 1 and dag._node[nodes[0]]["kind"] == "module":
             continue
         nodes.sort()
-        members = [dag.nodes[n] for n in nodes]
-        count = sum(len(d["members"]) for d in members)
-        label = f"{module} · {count} nodes"
-        boxes[nodes[0]] = _box("module", members, label, module=module)
-        for n in nodes:
-            group[n] = nodes[0]
+        items = [(n, dag._node[n]) for n in nodes]
+        box = _box("module", items, "", module=module)
+        box["label"] = box["op"] = f"{module} · {len(box['members'])} nodes"
+        boxes[nodes[0]] = box
+        group.update(dict.fromkeys(nodes, nodes[0]))
     return _quotient(graph, group, boxes)
 
 
@@ -270,9 +285,8 @@ def fold_rest(graph: GradGraph, max_nodes: int) -> GradGraph:
     rest = [n for n in nodes if n not in keep]
     if not rest:
         return graph
-    members = [graph.dag.nodes[n] for n in rest]
-    count = sum(len(d["members"]) for d in members)
-    box = _box("more", members, f"+{count} more nodes")
+    box = _box("more", [(n, graph.dag._node[n]) for n in rest], "")
+    box["label"] = box["op"] = f"+{len(box['members']):,} more nodes"
     return _quotient(graph, dict.fromkeys(rest, rest[0]), {rest[0]: box})
 
 
