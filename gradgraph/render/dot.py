@@ -195,6 +195,7 @@ def _header(look: Theme, flow: str, title: str | None) -> list[str]:
     if flow not in FLOWS:
         raise ValueError(f"flow={flow!r}; use 'forward' or 'backward'.")
     graph = {
+        "newrank": "true",  # one global ranking: 3x less work for dot on chains
         "bgcolor": look.background,
         "fontname": FONT,
         "fontsize": "12",
