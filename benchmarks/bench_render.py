@@ -2,7 +2,7 @@
 
 1. A 5,000-node chain to SVG: ``trace(y).to_svg()`` (trace + DOT + dot) against
    ``torchviz.make_dot(y).pipe(format="svg")`` (walk + DOT + dot).
-2. A ~100,000-node model graph (Linear/LayerNorm/Tanh residual blocks, modules
+2. A ~100,000-node model graph (Linear/LayerNorm/Tanh layers, modules
    recorded) rendered collapsed to SVG with ``max_nodes=200``, and a
    100,000-node chain with ``collapse="chains"``; torchviz has no collapsed
    form (and its recursion would need a limit above 100,000), so these
@@ -33,19 +33,16 @@ def chain(n: int) -> torch.Tensor:
     return y
 
 
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-        self.norm = nn.LayerNorm(4)
-
-    def forward(self, x):
-        return x + torch.tanh(self.norm(self.lin(x)))
-
-
-def big_model_graph(blocks: int):
+def big_model_graph(layers: int):
+    """A deep Sequential of Linear/LayerNorm/Tanh triples, modules recorded."""
     torch.manual_seed(0)
-    model = nn.Sequential(*[Block() for _ in range(blocks)])
+    model = nn.Sequential(
+        *[
+            m
+            for _ in range(layers)
+            for m in (nn.Linear(4, 4), nn.LayerNorm(4), nn.Tanh())
+        ]
+    )
     with record_modules(model) as rec:
         loss = model(torch.randn(2, 4)).pow(2).mean()
     return loss, model, rec
@@ -59,7 +56,7 @@ def timed(fn):
 
 def big_rows() -> list[list[str]]:
     rows = []
-    loss, model, rec = big_model_graph(11_200)
+    loss, model, rec = big_model_graph(12_600)
 
     def render_model():
         graph = trace(loss, model=model, modules=rec)
