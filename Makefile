@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradgraph-installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo check-gallery test bench lint clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,14 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/python -m gradgraph demo --out out
+
+# open out/index.html in headless chromium: every image must load; screenshot
+check-gallery: demo
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (apt-get install chromium)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	$(BIN)/python tools/browser_check.py out/index.html --screenshot out/gallery.png
 
 test: setup
 	$(BIN)/python -m pytest -q

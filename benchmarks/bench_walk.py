@@ -10,7 +10,7 @@ import sys
 import torch
 import torch.nn as nn
 import torchviz
-from common import best_of, machine, table
+from common import best_of, machine, main_with_big_stack, table
 
 from gradgraph import trace
 
@@ -98,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_with_big_stack(main)

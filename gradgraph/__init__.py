@@ -8,18 +8,49 @@ Example:
     {'AccumulateGrad': 2, 'AddmmBackward0': 1, 'TBackward0': 1}
 """
 
-from .derivatives import hvp
+from .derivatives import (
+    Curvature,
+    SpectralDensity,
+    derivatives,
+    hessian,
+    hessian_blocks,
+    hessian_density,
+    hessian_diagonal,
+    hessian_eigenvalues,
+    hessian_operator,
+    hessian_trace,
+    hvp,
+)
+from .expansion import expand, order_summary, trace_orders
 from .graph import GradGraph, trace
 from .modules import record_modules
+from .recorder import record_backward, recording
 from .render.dot import DotNotFoundError
 from .render.dropin import make_dot
+from .retain import explain_retain_graph
 
 __all__ = [
+    "Curvature",
     "DotNotFoundError",
     "GradGraph",
+    "SpectralDensity",
+    "derivatives",
+    "explain_retain_graph",
+    "expand",
+    "hessian",
+    "hessian_blocks",
+    "hessian_density",
+    "hessian_diagonal",
+    "hessian_eigenvalues",
+    "hessian_operator",
+    "hessian_trace",
     "hvp",
     "make_dot",
+    "order_summary",
+    "record_backward",
     "record_modules",
+    "recording",
     "trace",
+    "trace_orders",
 ]
 __version__ = "0.1.0"

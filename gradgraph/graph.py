@@ -1,11 +1,12 @@
 """trace(): walk ``grad_fn.next_functions`` into a :class:`GradGraph`.
 
 The walk is iterative (an explicit stack, so a million-node chain is fine),
-visits each autograd node once, and numbers nodes in depth-first pre-order
-starting from the roots: the same program gives the same ids, the same DOT
-text and the same SVG bytes on every run. An edge ``u -> v`` means ``v`` is in
-``u.next_functions``; its ``input_nr`` is the position there and ``output_nr``
-which output of ``v`` the gradient flows into.
+visits each autograd node once, and numbers nodes as it discovers them: roots
+first, then each node's next functions in order, depth first. The same program
+gives the same ids, the same DOT text and the same SVG bytes on every run.
+An edge ``u -> v`` means ``v`` is in ``u.next_functions``; its ``input_nr`` is
+the position there and ``output_nr`` which output of ``v`` the gradient flows
+into.
 
 Example:
     >>> import torch
@@ -31,6 +32,7 @@ import torch
 
 from .naming import Names, collect_names
 from .nodes import ACCUMULATE, ROOT, node_facts
+from .release import guard_deep_free
 
 __all__ = ["GradGraph", "trace"]
 
@@ -103,6 +105,12 @@ class GradGraph:
             "saved_bytes": sum(s.get("nbytes", 0) for s in saved if not s["freed"]),
             "freed_tensors": sum(1 for s in saved if s["freed"]),
         }
+
+    def diff(self, other: GradGraph) -> Any:
+        """What ``other`` adds, drops and frees: :func:`gradgraph.diff.diff_graphs`."""
+        from .diff import diff_graphs
+
+        return diff_graphs(self, other)
 
     # -- output forms --------------------------------------------------------
     def to_dot(self, **options: Any) -> str:
@@ -208,45 +216,51 @@ def _root_node(tensor: torch.Tensor, name: str | None) -> Any:
     )
 
 
-def _walk(root_fns: list) -> tuple[list, list, dict]:
-    """Depth-first pre-order over next_functions; returns fns, their edges, index."""
+def _walk(root_fns: list, owners: dict | None) -> tuple[list, dict, dict, dict, dict]:
+    """One depth-first pass that numbers nodes, reads their facts and links them.
+
+    A node gets its id when first discovered (roots first, then each node's
+    next functions in ``input_nr`` order), so ids are deterministic and a node's
+    inputs have consecutive ids. Returns the grad_fn list (index = id), the
+    fn -> id index, and networkx's three dicts (node attrs, successors,
+    predecessors) ready to be installed by :func:`_build_dag`.
+    """
     index: dict[Any, int] = {}
     fns: list = []
-    nexts: list = []
-    stack = list(reversed(root_fns))
-    pop, push = stack.pop, stack.append
+    nodes: dict[int, Any] = {}
+    succ: dict[int, dict] = {}
+    pred: dict[int, dict] = {}
+    for fn in root_fns:
+        if fn not in index:
+            v = index[fn] = len(fns)
+            fns.append(fn)
+            nodes[v], succ[v], pred[v] = None, {}, {}
+    stack = list(range(len(fns) - 1, -1, -1))  # each node is pushed exactly once
     while stack:
-        fn = pop()
-        if fn in index:
-            continue
-        index[fn] = len(fns)
-        fns.append(fn)
-        nf = fn.next_functions
-        nexts.append(nf)
-        for child, _ in reversed(nf):
-            if child is not None and child not in index:
-                push(child)
-    return fns, nexts, index
-
-
-def _edges(nexts: list, index: dict) -> list[tuple[int, int, dict]]:
-    edges: list[tuple[int, int, dict]] = []
-    seen: dict[tuple[int, int], dict] = {}
-    for u, nf in enumerate(nexts):
-        for pos, (child, out_nr) in enumerate(nf):
+        u = stack.pop()
+        fn = fns[u]
+        nodes[u] = node_facts(fn, owners)
+        su = succ[u]
+        new = []
+        for pos, (child, out_nr) in enumerate(fn.next_functions):
             if child is None:
                 continue
-            v = index[child]
-            data = seen.get((u, v))
+            v = index.get(child)
+            if v is None:
+                v = index[child] = len(fns)
+                fns.append(child)
+                nodes[v], succ[v], pred[v] = None, {}, {}
+                new.append(v)
+            data = su.get(v)
             if data is None:
-                data = seen[(u, v)] = {"input_nr": pos, "output_nr": out_nr}
-                edges.append((u, v, data))
+                su[v] = pred[v][u] = {"input_nr": pos, "output_nr": out_nr}
             else:  # the same node feeds u twice, e.g. x * x
                 data["multiplicity"] = data.get("multiplicity", 1) + 1
-    return edges
+        stack.extend(reversed(new))
+    return fns, index, nodes, succ, pred
 
 
-def _apply_names(fns: list, index: dict, names: Names, attrs: list) -> None:
+def _apply_names(fns: list, index: dict, names: Names, attrs: dict) -> None:
     """Name AccumulateGrad nodes by their variable, other nodes by ``names=``."""
     found: set[int] = set()
     if names.by_id:
@@ -292,7 +306,10 @@ def trace(
             inside a submodule's forward get its name as ``module``.
 
     Works on graphs whose buffers ``backward()`` already freed: saved tensors are
-    then marked ``freed``. Never changes the graph.
+    then marked ``freed``. Never changes the graph's structure, hooks or saved
+    tensors; on graphs of 1,000 nodes or more each output's grad_fn keeps its
+    nodes in a safe release order (see :mod:`gradgraph.release`), so deleting a
+    deep graph after the trace cannot overflow the C stack.
 
     Example:
         >>> import torch
@@ -301,30 +318,32 @@ def trace(
         >>> [d["op"] for _, d in sorted(g.dag.nodes(data=True))]
         ['PowBackward0', 'AccumulateGrad']
     """
+    if not isinstance(keep, bool):
+        raise TypeError(f"keep= must be True or False, got {type(keep).__name__}.")
     flat = _flatten_outputs(outputs)
     user_names = collect_names(model=model, params=params, names=names)
     root_fns = [_root_node(t, name) for name, t in flat]
     with _gc_paused():
-        fns, nexts, index = _walk(root_fns)
         owners = user_names.storage_owners() if user_names.tensors else None
-        attrs = [node_facts(fn, owners) for fn in fns]
-        _apply_names(fns, index, user_names, attrs)
+        fns, index, nodes, succ, pred = _walk(root_fns, owners)
+        _apply_names(fns, index, user_names, nodes)
         if modules is not None:
-            _apply_modules(fns, attrs, modules)
-        roots, outputs_info = _mark_roots(flat, root_fns, index, attrs)
-        dag = _build_dag(attrs, _edges(nexts, index))
+            _apply_modules(fns, nodes, modules)
+        roots, outputs_info = _mark_roots(flat, root_fns, index, nodes)
+        dag = _build_dag(nodes, succ, pred)
+        guard_deep_free(fns, dag._succ, roots)
     return GradGraph(dag, roots, outputs_info, fns if keep else None)
 
 
-def _apply_modules(fns: list, attrs: list, modules: Any) -> None:
+def _apply_modules(fns: list, nodes: dict, modules: Any) -> None:
     """``module`` on each node that ``modules`` (a ModuleRecord) knows."""
-    for fn, data in zip(fns, attrs, strict=True):
+    for node, fn in enumerate(fns):
         name = modules.module(fn)
         if name is not None:
-            data["module"] = name
+            nodes[node]["module"] = name
 
 
-def _mark_roots(flat: list, root_fns: list, index: dict, attrs: list):
+def _mark_roots(flat: list, root_fns: list, index: dict, attrs: dict):
     roots: list[int] = []
     outputs_info = []
     for (name, tensor), fn in zip(flat, root_fns, strict=True):
@@ -356,22 +375,16 @@ def _gc_paused():
             gc.enable()
 
 
-def _build_dag(attrs: list[dict], edges: list[tuple[int, int, dict]]) -> nx.DiGraph:
-    """A DiGraph filled in bulk.
+def _build_dag(nodes: dict, succ: dict, pred: dict) -> nx.DiGraph:
+    """A DiGraph made from its three dicts in bulk.
 
-    networkx stores a DiGraph as dicts (``_node``, ``_succ`` = ``_adj``, ``_pred``)
-    with one data dict shared by an edge's two directions. Filling them directly
-    skips the per-item checks and copies of ``add_nodes_from``/``add_edges_from``
-    (about 2x faster on large graphs) and gives the same graph.
+    networkx stores a DiGraph as dicts (``_node``, ``_succ`` = ``_adj``,
+    ``_pred``) with one data dict shared by an edge's two directions. Installing
+    dicts built by the walk skips the per-item checks and copies of
+    ``add_nodes_from``/``add_edges_from`` and gives the same graph.
     """
     dag = nx.DiGraph()
-    n = len(attrs)
-    dag._node.update(zip(range(n), attrs, strict=True))
-    succ: dict[int, dict] = {u: {} for u in range(n)}
-    pred: dict[int, dict] = {u: {} for u in range(n)}
-    for u, v, data in edges:
-        succ[u][v] = data
-        pred[v][u] = data
+    dag._node.update(nodes)
     dag._succ.update(succ)
     dag._pred.update(pred)
     return dag

@@ -85,6 +85,11 @@ def _collect_params(out: Names, params: Mapping | Iterable) -> None:
         return
     if isinstance(params, torch.Tensor):
         params = [params]
+    if not isinstance(params, (Mapping, Iterable)) or isinstance(params, str):
+        raise TypeError(
+            f"params= must be a dict, a list or an nn.Module, got "
+            f"{type(params).__name__}; e.g. params={{'w1': w1, 'x': x}}."
+        )
     items = params.items() if isinstance(params, Mapping) else enumerate(params)
     for key, value in items:
         label = str(key) if isinstance(params, Mapping) else f"params[{key}]"

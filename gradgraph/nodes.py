@@ -35,12 +35,14 @@ class OpClassFacts:
 
     op: str
     is_accumulate: bool
-    saved_attrs: tuple[str, ...]  # full attribute names, e.g. "_raw_saved_mat1"
+    # (short name, attribute) pairs, e.g. ("mat1", "_raw_saved_mat1")
+    saved_attrs: tuple[tuple[str, str], ...]
 
 
 _CLASS_FACTS: dict[type, OpClassFacts] = {}
 _SHAPES: dict[tuple[int, ...], tuple[int, ...]] = {}
 _DTYPES: dict[torch.dtype, str] = {}
+_FACTS: dict[tuple, dict] = {}  # saved-tensor facts, shared (see _tensor_fact)
 
 
 def class_facts(cls: type) -> OpClassFacts:
@@ -48,7 +50,11 @@ def class_facts(cls: type) -> OpClassFacts:
     facts = _CLASS_FACTS.get(cls)
     if facts is None:
         op = cls.__name__
-        saved = tuple(sorted(a for a in dir(cls) if a.startswith(SAVED_PREFIX)))
+        saved = tuple(
+            (a[len(SAVED_PREFIX) :], a)
+            for a in sorted(dir(cls))
+            if a.startswith(SAVED_PREFIX)
+        )
         facts = OpClassFacts(op, op == ACCUMULATE_OP, saved)
         _CLASS_FACTS[cls] = facts
     return facts
@@ -68,62 +74,97 @@ def dtype_name(dtype: torch.dtype) -> str:
     return name
 
 
-def _tensor_fact(attr: str, tensor: torch.Tensor | None, owners: dict) -> dict:
-    """One saved tensor as plain data; ``tensor is None`` means freed."""
+def _tensor_fact(attr: str, tensor: Any, owners: dict | None) -> dict:
+    """One saved value as plain data; ``tensor is None`` means freed.
+
+    A value that is not a tensor was packed by ``saved_tensors_hooks``: it is
+    reported as ``packed`` (the type the pack hook returned), never unpacked.
+    Equal facts of strided tensors are one shared dict (treat them as read-only):
+    a graph saves the same attr/shape/dtype over and over, and a dict costs ~180
+    bytes.
+    """
     if tensor is None:
-        return {"attr": attr, "freed": True}
-    fact = {
-        "attr": attr,
-        "shape": shared_shape(tensor.shape),
-        "dtype": dtype_name(tensor.dtype),
-        "nbytes": tensor.numel() * tensor.element_size(),
-        "freed": False,
-    }
-    if owners and tensor.layout is torch.strided:
-        owner = owners.get((tensor.data_ptr(), tensor.numel()))
-        if owner is not None:
-            fact["of"] = owner
+        key: tuple = (attr,)
+    elif not isinstance(tensor, torch.Tensor):
+        return {"attr": attr, "freed": False, "packed": type(tensor).__name__}
+    elif tensor.layout is torch.strided:
+        owner = owners.get((tensor.data_ptr(), tensor.numel())) if owners else None
+        key = (attr, tensor.shape, tensor.dtype, owner)
+    else:  # sparse and other layouts: nbytes is not a function of the shape
+        return _new_fact(attr, tensor, None)
+    fact = _FACTS.get(key)
+    if fact is None:
+        fact = _FACTS[key] = _new_fact(attr, tensor, key[-1])
     return fact
 
 
-def _freed(fn: Any, full: str) -> bool:
+def _new_fact(attr: str, tensor: torch.Tensor | None, owner: str | None) -> dict:
+    if tensor is None:
+        return {"attr": attr, "freed": True}
+    shape = tuple(tensor.shape)
+    dtype = tensor.dtype
+    fact = {
+        "attr": attr,
+        "shape": _SHAPES.setdefault(shape, shape),
+        "dtype": _DTYPES.get(dtype) or dtype_name(dtype),
+        "nbytes": tensor.nbytes  # raises for sparse: count those as dense
+        if tensor.layout is torch.strided
+        else tensor.numel() * tensor.element_size(),
+        "freed": False,
+    }
+    if owner is not None:
+        fact["of"] = owner
+    return fact
+
+
+def _freed(fn: Any, attr: str) -> bool:
     """Whether an attribute whose ``.data`` is None was freed (else: never saved).
 
     ``_saved_<attr>`` returns None for a value the op did not need to save, and
     raises once backward has released a value it did save.
     """
     try:
-        getattr(fn, "_saved_" + full[len(SAVED_PREFIX) :])
+        getattr(fn, "_saved_" + attr)
     except RuntimeError:
         return True
     return False
 
 
 def saved_facts(
-    fn: Any, attrs: tuple[str, ...], owners: dict | None
+    fn: Any, attrs: tuple[tuple[str, str], ...], owners: dict | None
 ) -> tuple[dict, ...]:
     """Facts about every tensor ``fn`` saved for backward.
 
     Uses ``_raw_saved_*`` (whose ``.data`` is None once backward freed it), so it
-    never raises on a freed graph; values the op did not need (undefined) are
-    left out. ``owners`` maps (data_ptr, numel) of named tensors to their names,
-    so a saved weight says which parameter it is.
+    never raises on a freed graph and never calls saved-tensor unpack hooks (a
+    value packed by ``saved_tensors_hooks`` is reported as ``packed``: the type
+    of what the pack hook returned); values the op did not need (undefined) are
+    left out. After backward a custom Function gives one freed ``tensors`` entry
+    (torch no longer tells how many tensors it saved, or whether any).
+    ``owners`` maps (data_ptr, numel) of named tensors to their names, so a
+    saved weight says which parameter it is.
     """
     facts = []
-    for full in attrs:
-        attr = full[len(SAVED_PREFIX) :]
-        raw = getattr(fn, full)
-        items = raw if isinstance(raw, (list, tuple)) else (raw,)
+    for attr, full in attrs:
+        try:
+            raw = getattr(fn, full)
+        except RuntimeError:  # a custom Function's tensors, after backward
+            facts.append({"attr": attr, "freed": True})
+            continue
+        if raw.__class__ is not list and raw.__class__ is not tuple:
+            data = raw.data
+            if data is not None or _freed(fn, attr):
+                facts.append(_tensor_fact(attr, data, owners))
+            continue
         freed = None
-        for i, item in enumerate(items):
+        for i, item in enumerate(raw):  # a saved list of tensors
             data = item.data
             if data is None:
                 if freed is None:
-                    freed = _freed(fn, full)
+                    freed = _freed(fn, attr)
                 if not freed:
                     continue
-            name = attr if raw is item else f"{attr}[{i}]"
-            facts.append(_tensor_fact(name, data, owners))
+            facts.append(_tensor_fact(f"{attr}[{i}]", data, owners))
     return tuple(facts)
 
 
@@ -139,10 +180,8 @@ def output_metadata(fn: Any) -> tuple[tuple[tuple[int, ...], ...], str | None]:
         return (), None
     if not metas:
         return (), None
-    shapes = tuple([_SHAPES.setdefault(s, s) for s in (tuple(m.shape) for m in metas)])
-    dtype = metas[0].dtype
-    name = _DTYPES.get(dtype)
-    return shapes, name if name is not None else dtype_name(dtype)
+    shapes = tuple([shared_shape(m.shape) for m in metas])
+    return shapes, dtype_name(metas[0].dtype)
 
 
 def node_facts(fn: Any, owners: dict | None = None) -> dict:
@@ -152,25 +191,41 @@ def node_facts(fn: Any, owners: dict | None = None) -> dict:
     ``shape``, ``dtype``, ``seq_nr`` (None for AccumulateGrad, whose sequence
     number is the 2**64-1 sentinel), ``saved`` (tuple of dicts) and ``order``
     (derivative order; None until expansion fills it). A node whose forward op
-    has several outputs also has ``shapes``. This runs once per node of every
-    trace, so it is written for speed: per-class facts come from a cache.
+    has several outputs also has ``shapes``.
+
+    This runs once per node of every trace, so it is written for speed: per-class
+    facts come from a cache and the common one-output case is inlined.
     """
-    cls = type(fn)
+    cls = fn.__class__
     facts = _CLASS_FACTS.get(cls) or class_facts(cls)
-    shapes, dtype = output_metadata(fn)
+    try:
+        metas = fn._input_metadata
+    except (AttributeError, RuntimeError):  # Python-defined nodes may lack it
+        metas = ()
+    if len(metas) == 1:
+        meta = metas[0]
+        shape = tuple(meta.shape)
+        shape = _SHAPES.setdefault(shape, shape)
+        dtype = meta.dtype
+        dtype = _DTYPES.get(dtype) or dtype_name(dtype)
+        shapes = None
+    else:
+        shapes, dtype = output_metadata(fn)
+        shape = shapes[0] if shapes else None
+    acc = facts.is_accumulate
     attrs = {
         "op": facts.op,
-        "kind": ACCUMULATE if facts.is_accumulate else OP,
+        "kind": ACCUMULATE if acc else OP,
         "label": facts.op,
         "name": None,
-        "shape": shapes[0] if shapes else None,
+        "shape": shape,
         "dtype": dtype,
-        "seq_nr": None if facts.is_accumulate else fn._sequence_nr(),
+        "seq_nr": None if acc else fn._sequence_nr(),
         "saved": saved_facts(fn, facts.saved_attrs, owners)
         if facts.saved_attrs
         else (),
         "order": None,
     }
-    if len(shapes) > 1:
+    if shapes is not None and len(shapes) > 1:
         attrs["shapes"] = shapes
     return attrs

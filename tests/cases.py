@@ -121,6 +121,20 @@ def x_times_x():
     return (x * x).sum(), {"names": {x: "x"}}
 
 
+def seed_simplenet():
+    """Seed notebook's SimpleNet (1-10-10-1, Tanh) with MSELoss on its data.
+
+    Returns (loss, model); not in GRAPHS (the derivative tests use it directly).
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(1, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 1)
+    )
+    x = torch.linspace(-10, 10, 1000).view(-1, 1)
+    y = 2 * x + 3 + torch.sin(x) * 3 * x.abs().sqrt() + torch.cos(x + 3)
+    return nn.MSELoss()(model(x), y), model
+
+
 GRAPHS = {
     f.__name__: f
     for f in [

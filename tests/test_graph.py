@@ -181,51 +181,6 @@ def test_grad_fn_needs_keep():
         g.grad_fn(0)
 
 
-def run_with_big_stack(fn, megabytes=1024):
-    """Run ``fn`` in a thread with a large C stack and return its result.
-
-    torch frees a deep graph recursively in C++ once Python has visited its nodes
-    (pytorch/pytorch#109948): freeing a >50k-deep chain after any traversal
-    (ours or torchviz's) overflows the default 8 MB stack. Building and freeing
-    the chain inside this thread keeps the test process safe.
-    """
-    import threading
-
-    result, errors = [], []
-
-    def target():
-        try:
-            result.append(fn())
-        except BaseException as exc:  # reported in the caller's thread
-            errors.append(exc)
-
-    old = threading.stack_size(megabytes << 20)
-    try:
-        thread = threading.Thread(target=target)
-        thread.start()
-        thread.join()
-    finally:
-        threading.stack_size(old)
-    if errors:
-        raise errors[0]
-    return result[0]
-
-
-@pytest.mark.slow
-def test_million_node_chain_no_recursion_error():
-    def build_and_trace():
-        x = torch.ones(1, requires_grad=True)
-        y = x
-        for _ in range(999_999):
-            y = y * 1.0
-        g = trace(y)
-        return g.dag.number_of_nodes(), g.leaves
-
-    nodes, leaves = run_with_big_stack(build_and_trace)
-    assert nodes == 1_000_000
-    assert leaves == [999_999]
-
-
 def test_torchviz_recursion_limit_is_the_bar():
     x = torch.ones(1, requires_grad=True)
     y = x

@@ -18,7 +18,7 @@ def test_text_listing_reads_inputs_first():
     out, kw = seed_linear_linear()
     lines = trace(out, **kw).to_text().splitlines()
     assert len(lines) == 8
-    assert lines[-1].startswith("n0 = AddmmBackward0(n1, n2, n6)")
+    assert lines[-1].startswith("n0 = AddmmBackward0(n1, n2, n3)")
     assert "(root)" in lines[-1]
     defined = set()
     for line in lines:

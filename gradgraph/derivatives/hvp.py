@@ -1,9 +1,9 @@
 """hvp(): Hessian-vector products by Pearlmutter's double backward.
 
 ``H v = d/dθ (∇L(θ) · v)``: one backward with ``create_graph=True`` builds the
-gradient's graph, a second backward through ``∇L · v`` gives ``H v``. Pass
-``grads`` already built with ``create_graph=True`` to skip the first backward
-(and to reuse it for many vectors).
+gradient's graph, a second backward through it, seeded with ``v``, gives
+``H v``. Pass ``grads`` already built with ``create_graph=True`` to skip the
+first backward (and to reuse it for many vectors).
 
 Example:
     >>> import torch
@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ import torch
 from .params import ParamSet, as_params, as_vector, check_scalar_loss, grad_checked
 
 
+@torch.enable_grad()  # under no_grad the gradient would carry no graph
 def gradient_graph(
     loss: torch.Tensor, params: ParamSet, allow_unused: bool = False
 ) -> list[torch.Tensor]:
@@ -35,17 +37,61 @@ def hvp_with_grads(
     vector: list[torch.Tensor],
     retain_graph: bool = True,
 ) -> list[torch.Tensor]:
-    """``H v`` from a gradient built with create_graph=True (no first backward)."""
-    dot = sum(
-        (g * v).sum() for g, v in zip(grads, vector, strict=True) if g.requires_grad
-    )
-    if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
-        # the gradient does not depend on the parameters: the loss is linear
+    """``H v`` from a gradient built with create_graph=True (no first backward).
+
+    ``v`` goes in as the backward's seed (``grad_outputs``), so no ``∇L · v``
+    graph is built: one backward through the gradient's graph, nothing more.
+    """
+    live = [(g, v) for g, v in zip(grads, vector, strict=True) if g.requires_grad]
+    if not live:  # the gradient does not depend on the parameters: L is linear
         return [torch.zeros_like(p) for p in params.tensors]
     return [
         h.detach()
-        for h in grad_checked(dot, params, retain_graph=retain_graph, allow_unused=True)
+        for h in grad_checked(
+            [g for g, _ in live],
+            params,
+            grad_outputs=[v for _, v in live],
+            retain_graph=retain_graph,
+            allow_unused=True,
+        )
     ]
+
+
+def flat_hvp(
+    loss: torch.Tensor, params: ParamSet, allow_unused: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> H v`` on flat vectors, the matvec of :mod:`.estimate`.
+
+    Builds the gradient graph once; every call is one second backward.
+    """
+    params.check_uniform()
+    grads = gradient_graph(loss, params, allow_unused=allow_unused)
+
+    def matvec(vector: torch.Tensor) -> torch.Tensor:
+        return params.flatten(hvp_with_grads(grads, params, params.unflatten(vector)))
+
+    return matvec
+
+
+def hessian_matvec(
+    loss: torch.Tensor,
+    params: ParamSet,
+    allow_unused: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The arguments :mod:`.estimate`'s functions take, for the Hessian of ``loss``.
+
+    ``matvec`` (:func:`flat_hvp`), ``dim``, ``dtype``, ``device``, ``progress``:
+    call e.g. ``trace_estimate(**hessian_matvec(loss, ps), method="xtrace")``.
+    """
+    first = params.tensors[0]
+    return {
+        "matvec": flat_hvp(loss, params, allow_unused=allow_unused),
+        "dim": params.numel,
+        "dtype": first.dtype,
+        "device": first.device,
+        "progress": progress,
+    }
 
 
 def hvp(
@@ -76,7 +122,7 @@ def hvp(
             raise ValueError("pass the loss, or grads built with create_graph=True.")
         g = gradient_graph(loss, ps, allow_unused=allow_unused)
     else:
-        g = as_vector(grads, ps, what="grads")
+        g = as_vector(grads, ps, what="grads", check_finite=False)
         if not any(t.requires_grad for t in g):
             raise ValueError(
                 "grads carry no graph; compute them with "

@@ -62,6 +62,28 @@ class ParamSet:
             for part, t in zip(flat.split(sizes), self.tensors, strict=True)
         ]
 
+    def flatten_batch(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(k, numel)`` from per-parameter tensors with a leading batch dim ``k``."""
+        return torch.cat([v.reshape(v.shape[0], -1) for v in values], dim=1)
+
+    def unflatten_batch(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter ``(k, *shape)`` views of a ``(k, numel)`` block."""
+        sizes = [t.numel() for t in self.tensors]
+        return [
+            part.reshape(flat.shape[0], *t.shape)
+            for part, t in zip(flat.split(sizes, dim=1), self.tensors, strict=True)
+        ]
+
+    def check_uniform(self) -> None:
+        """Raise unless all tensors share one dtype and device (one flat vector)."""
+        kinds = {(t.dtype, t.device) for t in self.tensors}
+        if len(kinds) > 1:
+            raise ValueError(
+                "matrix-free methods flatten all parameters into one vector, but "
+                f"they mix dtypes/devices {sorted(map(str, kinds))}; convert the "
+                "model with .to(dtype, device) first."
+            )
+
     def like(self) -> torch.Tensor:
         """A zero vector with the parameters' total size, dtype and device."""
         first = self.tensors[0]
@@ -126,13 +148,23 @@ def check_scalar_loss(loss: Any) -> None:
         )
 
 
+def _all_finite(parts: list[torch.Tensor]) -> bool:
+    """One fused check (the largest magnitude per tensor) instead of one per tensor."""
+    floats = [p for p in parts if p.is_floating_point()]
+    if not floats:
+        return True
+    peaks = torch._foreach_norm(floats, float("inf"))
+    return bool(torch.stack(peaks).isfinite().all())
+
+
 def as_vector(
-    vector: Any, params: ParamSet, what: str = "vector"
+    vector: Any, params: ParamSet, what: str = "vector", check_finite: bool = True
 ) -> list[torch.Tensor]:
     """Per-parameter tensors from ``vector`` given in any params form, checked.
 
     Accepts the same forms as ``params`` (a dict with the same keys, a list in
     the same order, one tensor) or one flat vector of ``params.numel`` entries.
+    ``check_finite=False`` skips the NaN/infinity check (for autograd's output).
     """
     if isinstance(vector, Mapping):
         missing = set(params.names) - set(map(str, vector))
@@ -180,16 +212,24 @@ def as_vector(
                 f"{what}[{name!r}] is on {part.device}, the parameter on "
                 f"{param.device}; move it with .to(param.device)."
             )
-        if part.is_floating_point() and not bool(torch.isfinite(part).all()):
-            raise ValueError(f"{what}[{name!r}] contains NaN or infinity.")
+    if check_finite and not _all_finite(parts):
+        bad = [
+            n
+            for n, p in zip(params.names, parts, strict=True)
+            if p.is_floating_point() and not bool(torch.isfinite(p).all())
+        ]
+        raise ValueError(
+            f"{what}{bad} contains NaN or infinity; pass finite values "
+            "(e.g. torch.nan_to_num(v))."
+        )
     return parts
 
 
 def grad_checked(
-    outputs: torch.Tensor,
+    outputs: torch.Tensor | Sequence[torch.Tensor],
     params: ParamSet,
     *,
-    grad_outputs: torch.Tensor | None = None,
+    grad_outputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     create_graph: bool = False,
     retain_graph: bool | None = None,
     allow_unused: bool = False,

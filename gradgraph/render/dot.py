@@ -29,7 +29,15 @@ import graphviz
 from ..graph import GradGraph
 from .collapse import collapse as collapse_graph
 from .collapse import parameter_module
-from .style import FONT, Theme, node_style, order_band, style_kind, theme
+from .style import (
+    FONT,
+    Theme,
+    edge_style,
+    node_style,
+    order_band,
+    style_kind,
+    theme,
+)
 from .text import shape_text
 
 INSTALL_HINT = (
@@ -51,6 +59,7 @@ _HTML = {
     ord('"'): "&quot;",
     ord("'"): "&#39;",
     ord("\n"): "<br/>",
+    ord("\\"): "\\\\",  # graphviz expands \N, \G, \l... even in HTML labels
     **{c: None for c in range(32) if c != ord("\n")},
     0x7F: None,
 }
@@ -128,7 +137,10 @@ def drawn_graph(
 
 
 def _attrs(attrs: dict[str, str]) -> str:
-    return " ".join(f'{k}="{v}"' for k, v in attrs.items())
+    """``k=v`` pairs; values quoted unless they are plain words."""
+    return " ".join(
+        f"{k}={v}" if v.isalnum() else f'{k}="{v}"' for k, v in attrs.items()
+    )
 
 
 class _NodeWriter:
@@ -322,11 +334,19 @@ def _edge_lines(
     dag = graph.dag
     out = []
     succ = dag._succ
+    styles: dict = {}
     for u in sorted(succ):
         targets = succ[u]
         for v in sorted(targets) if len(targets) > 1 else targets:
             data = targets[v]
-            attrs = _edge_label(dag.nodes[v], data, look) if edge_labels else ""
+            kind = data.get("kind")
+            if kind not in styles:
+                attrs = edge_style(kind, look)
+                styles[kind] = _attrs(attrs)
+            attrs = styles[kind]
+            if edge_labels and "input_nr" in data:
+                attrs = f"{attrs} {_edge_label(dag.nodes[v], data, look)}".strip()
+            attrs = f" [{attrs}]" if attrs else ""
             line = f"\tn{v} -> n{u}{attrs}\n" if forward else f"\tn{u} -> n{v}{attrs}\n"
             out.append(line)
             if "multiplicity" in data:
@@ -340,9 +360,8 @@ def _edge_label(target: dict, data: dict, look: Theme) -> str:
     nr = data.get("output_nr", 0)
     shape = shapes[nr] if shapes and nr < len(shapes) else target.get("shape")
     text = f"{data['input_nr']}: {shape_text('', shape)}"
-    return (
-        f' [label=<<font point-size="8" color="{look.muted}">{html_text(text)}</font>>]'
-    )
+    font = f'<font point-size="8" color="{look.muted}">'
+    return f"label=<{font}{html_text(text)}</font>>"
 
 
 def to_dot(

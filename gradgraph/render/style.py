@@ -202,6 +202,33 @@ def style_kind(data: dict) -> str:
     return kind
 
 
+EDGE_KINDS = ("created-by",)
+
+
+def edge_style(kind: str | None, theme_name: str | Theme = "light") -> dict[str, str]:
+    """Graphviz attributes for an edge of ``kind``.
+
+    ``None`` is a next-function edge (the theme's edge defaults);
+    ``"created-by"`` links a higher-order node to the node whose backward
+    created it (dashed, muted, not used for ranking).
+    """
+    if kind is None:
+        return {}
+    if kind not in EDGE_KINDS:
+        raise ValueError(
+            f"no style for edge kind {kind!r}; known kinds: {list(EDGE_KINDS)}"
+        )
+    look = theme(theme_name)
+    faint = look.muted + "66"  # 40% opaque: many of them, context only
+    return {
+        "style": "dashed",
+        "color": faint,
+        "constraint": "false",
+        "penwidth": "0.6",
+        "arrowhead": "none",
+    }
+
+
 def order_band(order: int, theme_name: str | Theme = "light") -> dict[str, str]:
     """Fill, border and label of the band for derivative ``order`` (0, 1, 2...)."""
     bands = theme(theme_name).bands

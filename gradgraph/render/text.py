@@ -37,11 +37,9 @@ def to_text(graph: GradGraph) -> str:
     rows = []
     for node in inputs_first(graph):
         data = dag.nodes[node]
+        nexts = [v for v, e in dag._succ[node].items() if "input_nr" in e]
         args = ", ".join(
-            f"n{v}"
-            for v in sorted(
-                dag.successors(node), key=lambda v: dag.edges[node, v]["input_nr"]
-            )
+            f"n{v}" for v in sorted(nexts, key=lambda v: dag.edges[node, v]["input_nr"])
         )
         notes = [data["name"]] if data["name"] else []
         if data.get("module"):
