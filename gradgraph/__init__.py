@@ -23,8 +23,10 @@ from .derivatives import (
 )
 from .expansion import expand, order_summary, trace_orders
 from .graph import GradGraph, trace
+from .modules import record_modules
 from .recorder import record_backward, recording
 from .render.dot import DotNotFoundError
+from .render.dropin import make_dot
 from .retain import explain_retain_graph
 
 __all__ = [
@@ -43,8 +45,10 @@ __all__ = [
     "hessian_operator",
     "hessian_trace",
     "hvp",
+    "make_dot",
     "order_summary",
     "record_backward",
+    "record_modules",
     "recording",
     "trace",
     "trace_orders",

@@ -114,10 +114,10 @@ class GradGraph:
 
     # -- output forms --------------------------------------------------------
     def to_dot(self, **options: Any) -> str:
-        """DOT text (deterministic); options as in :func:`render.dot.to_digraph`."""
-        from .render.dot import to_digraph
+        """DOT text (deterministic); options as in :func:`render.dot.to_dot`."""
+        from .render.dot import to_dot
 
-        return to_digraph(self, **options).source
+        return to_dot(self, **options)
 
     def render(self, path: str, format: str = "svg", **options: Any) -> str:
         """Write the picture to ``path`` (needs the graphviz ``dot`` binary)."""
@@ -143,8 +143,25 @@ class GradGraph:
         data["graph"] = {"roots": self.roots, "outputs": self.outputs}
         return json.dumps(data, sort_keys=True, default=_jsonable)
 
+    def to_html(self, path: str | None = None, **options: Any) -> str:
+        """One self-contained interactive page (SVG, pan/zoom, search, details).
+
+        Writes it to ``path`` when given; returns the HTML text. Options as in
+        :func:`render.html.to_html`.
+        """
+        from .render.html import to_html
+
+        return to_html(self, path, **options)
+
     def _repr_svg_(self) -> str:
-        return self.to_svg()
+        from .render.html import NOTEBOOK_MAX_NODES
+
+        return self.to_svg(max_nodes=NOTEBOOK_MAX_NODES)
+
+    def _repr_html_(self) -> str:
+        from .render.html import notebook_html
+
+        return notebook_html(self)
 
 
 def _jsonable(value: Any) -> Any:
@@ -253,6 +270,8 @@ def _apply_names(fns: list, index: dict, names: Names, attrs: dict) -> None:
                 if key in names.by_id:
                     attrs[node]["name"] = attrs[node]["label"] = names.by_id[key]
                     found.add(key)
+                    if key in names.strict:  # named via names=: an input
+                        attrs[node]["input"] = True
         for key in names.strict - found:
             tensor = names.tensors[key]
             node = index.get(tensor.grad_fn) if tensor.grad_fn is not None else None
@@ -270,6 +289,7 @@ def trace(
     params: Mapping | Iterable | None = None,
     names: Mapping | None = None,
     keep: bool = False,
+    modules: Any = None,
 ) -> GradGraph:
     """Trace the autograd graph behind ``outputs`` into a :class:`GradGraph`.
 
@@ -282,6 +302,8 @@ def trace(
             intermediate values; each must be in the graph.
         keep: keep the grad_fn objects so ``GradGraph.grad_fn(node)`` works
             (this keeps the graph's saved tensors alive).
+        modules: a record from :func:`gradgraph.record_modules`; nodes created
+            inside a submodule's forward get its name as ``module``.
 
     Works on graphs whose buffers ``backward()`` already freed: saved tensors are
     then marked ``freed``. Never changes the graph's structure, hooks or saved
@@ -305,10 +327,20 @@ def trace(
         owners = user_names.storage_owners() if user_names.tensors else None
         fns, index, nodes, succ, pred = _walk(root_fns, owners)
         _apply_names(fns, index, user_names, nodes)
+        if modules is not None:
+            _apply_modules(fns, nodes, modules)
         roots, outputs_info = _mark_roots(flat, root_fns, index, nodes)
         dag = _build_dag(nodes, succ, pred)
         guard_deep_free(fns, dag._succ, roots)
     return GradGraph(dag, roots, outputs_info, fns if keep else None)
+
+
+def _apply_modules(fns: list, nodes: dict, modules: Any) -> None:
+    """``module`` on each node that ``modules`` (a ModuleRecord) knows."""
+    for node, fn in enumerate(fns):
+        name = modules.module(fn)
+        if name is not None:
+            nodes[node]["module"] = name
 
 
 def _mark_roots(flat: list, root_fns: list, index: dict, attrs: dict):

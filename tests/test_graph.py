@@ -123,7 +123,7 @@ def test_parallel_edges_are_counted():
     mul = g.nodes_by_op("MulBackward0")[0]
     (leaf,) = g.dag.successors(mul)
     assert g.dag.edges[mul, leaf]["multiplicity"] == 2
-    assert g.to_dot().count(f"n{mul} -> n{leaf}") == 2
+    assert g.to_dot(flow="backward").count(f"n{mul} -> n{leaf}") == 2
 
 
 def test_walk_after_backward_marks_saved_tensors_freed():

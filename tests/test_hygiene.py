@@ -151,12 +151,6 @@ def test_names_with_quotes_brackets_ampersands_newlines_unicode_reach_svg_intact
     assert 'a"b<c>&d' in texts and "line é ✓ {x} | [y];" in texts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render/dot.py passes backslashes to graphviz unescaped: '\\N' becomes "
-    "the node id and '\\l' a line break (reported to the lead; the rendering "
-    "helper owns render/)",
-)
 def test_names_with_backslashes_reach_svg_intact():
     x = torch.ones(2, requires_grad=True)
     g = trace((x * 2).sum(), names={x: NASTY})

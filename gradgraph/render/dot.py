@@ -1,24 +1,43 @@
-"""GradGraph -> graphviz: DOT text, SVG and other formats.
+"""GradGraph -> DOT text, and through graphviz's ``dot`` to SVG/PNG/PDF.
 
-Node names are ``n<id>`` and nodes/edges are emitted in id order, so the DOT
-text (and the SVG that ``dot`` makes of it) is the same on every run.
+The DOT text is written directly (no ``graphviz.Digraph.node()`` call per node):
+node names are ``n<id>``, nodes and edges come in id order, and every label
+is an HTML-like label whose text goes through one escaping table, so user
+strings (parameter names, module names) can hold ``<``, ``&``, quotes,
+newlines or any unicode and still show as text. The same program gives the
+same DOT text and the same SVG bytes on every run.
+
+Nodes are grouped into one band (cluster) per derivative order when the graph
+has orders (forward graph -> gradient graph -> HVP graph), and into one
+cluster per module when nodes carry a ``module``.
 
 Example:
     >>> import torch
     >>> from gradgraph import trace
     >>> x = torch.ones(2, requires_grad=True)
-    >>> print(to_digraph(trace(x.sum())).source.splitlines()[0])
+    >>> print(to_dot(trace(x.sum())).splitlines()[0])
     digraph gradgraph {
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import graphviz
 
 from ..graph import GradGraph
-from .style import BASE_NODE, EDGE, GRAPH, edge_style, node_style
+from .collapse import collapse as collapse_graph
+from .collapse import parameter_module
+from .style import (
+    FONT,
+    Theme,
+    edge_style,
+    node_style,
+    order_band,
+    style_kind,
+    theme,
+)
 from .text import shape_text
 
 INSTALL_HINT = (
@@ -26,44 +45,376 @@ INSTALL_HINT = (
     "'apt-get install graphviz' (Debian/Ubuntu), 'brew install graphviz' (macOS) or "
     "'conda install graphviz'. to_dot(), to_text() and to_json() work without it."
 )
+FLOWS = ("forward", "backward")
 
 
 class DotNotFoundError(RuntimeError):
     """Raised when rendering needs the graphviz ``dot`` binary and it is missing."""
 
 
-def node_label(data: dict) -> str:
-    """The text inside a node box: name (if any), op, output shape."""
-    lines = []
-    if data["name"]:
-        lines.append(data["name"])
-    if data["kind"] != "accumulate" or not data["name"]:
-        lines.append(data["op"])
-    lines.append(shape_text(data["dtype"], data["shape"]))
-    return "\n".join(lines)
+_HTML = {
+    ord("&"): "&amp;",
+    ord("<"): "&lt;",
+    ord(">"): "&gt;",
+    ord('"'): "&quot;",
+    ord("'"): "&#39;",
+    ord("\n"): "<br/>",
+    ord("\\"): "\\\\",  # graphviz expands \N, \G, \l... even in HTML labels
+    **{c: None for c in range(32) if c != ord("\n")},
+    0x7F: None,
+}
 
 
-def to_digraph(graph: GradGraph, edge_labels: bool = False) -> graphviz.Digraph:
-    """A ``graphviz.Digraph`` of the graph, gradients flowing from roots down."""
-    dot = graphviz.Digraph(
-        "gradgraph", graph_attr=GRAPH, node_attr=BASE_NODE, edge_attr=EDGE
+def html_text(text: object) -> str:
+    """Text for an HTML-like graphviz label: markup characters escaped, control
+    characters dropped, newlines as line breaks.
+
+    Example:
+        >>> html_text('<b> & "q"')
+        '&lt;b&gt; &amp; &quot;q&quot;'
+    """
+    return str(text).translate(_HTML)
+
+
+def label(title: str, *lines: str, color: str = "") -> str:
+    """An HTML-like label: ``title`` in bold, ``lines`` small (and ``color``)."""
+    font = f'<font point-size="9" color="{color}">' if color else "<font>"
+    rest = "".join(f"<br/>{font}{html_text(t)}</font>" for t in lines if t)
+    return f"<<b>{html_text(title)}</b>{rest}>"
+
+
+def node_lines(data: dict) -> tuple[str, list[str]]:
+    """Title and detail lines of the box for one node (or folded box)."""
+    kind = data["kind"]
+    shape = _shapes(data)
+    name = data.get("name")
+    if kind == "accumulate":
+        return (name or "AccumulateGrad"), [shape]
+    if kind in ("chain", "module", "more"):
+        size = f"{len(data['members']):,} nodes"
+        if kind == "more":
+            return data["label"], [size]
+        if kind == "chain":
+            size = f"chain of {size}"
+        title = data["module"] if kind == "module" else data["label"]
+        return title, [f"{size} · {shape}"]
+    if name:
+        return name, [f"{data['op']} · {shape}"]
+    return data["op"], [shape]
+
+
+def _shapes(data: dict) -> str:
+    shapes = data.get("shapes")
+    if shapes:
+        return " ".join(shape_text(data["dtype"], s) for s in shapes)
+    return shape_text(data.get("dtype"), data.get("shape"))
+
+
+def saved_lines(fact: dict) -> tuple[str, list[str]]:
+    """Title and detail lines of a saved-tensor box."""
+    if fact["freed"]:
+        return fact["attr"], ["freed by backward()"]
+    size = shape_text(fact["dtype"], fact["shape"])
+    of = f" · {fact['of']}" if fact.get("of") else ""
+    return fact["attr"], [f"{size}{of}", _bytes(fact["nbytes"])]
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def drawn_graph(
+    graph: GradGraph, collapse: str | bool | None = None, max_nodes: int | None = None
+) -> GradGraph:
+    """The graph as it will be drawn: folded per :mod:`gradgraph.render.collapse`."""
+    if not collapse and (max_nodes is None or len(graph) <= max_nodes):
+        return graph
+    return collapse_graph(graph, collapse, max_nodes=max_nodes)
+
+
+def _attrs(attrs: dict[str, str]) -> str:
+    """``k=v`` pairs; values quoted unless they are plain words."""
+    return " ".join(
+        f"{k}={v}" if v.isalnum() else f'{k}="{v}"' for k, v in attrs.items()
     )
+
+
+class _NodeWriter:
+    """Writes node lines fast: styles and shape texts are computed once per call.
+
+    Nodes of kind ``op`` (most of any graph) take their style from the ``node``
+    defaults, so their lines carry only id, class and label.
+    """
+
+    def __init__(self, look: Theme, extra: dict[int, dict]):
+        self.look = look
+        self.extra = extra
+        self.styles = {k: " " + _attrs(v) for k, v in look.kinds.items()}
+        self.styles["op"] = ""
+        self.font = f'<br/><font point-size="9" color="{look.muted}">'
+        self.cache: dict[tuple, str] = {}
+
+    def line(self, node: int, data: dict) -> str:
+        key = (
+            data["kind"],
+            data["op"],
+            data.get("name"),
+            data.get("input"),
+            data.get("dtype"),
+            data.get("shape"),
+            data.get("shapes"),
+        )
+        plain = "members" not in data and "attrs" not in data
+        body = self.cache.get(key) if plain else None
+        if body is None:
+            kind = style_kind(data)
+            title, lines = node_lines(data)
+            lines += data.get("attrs", ())
+            rest = "".join(f"{self.font}{html_text(t)}</font>" for t in lines if t)
+            body = (
+                f'class="{kind}" label=<<b>{html_text(title)}</b>{rest}>'
+                f"{self.styles[kind]}"
+            )
+            if plain:
+                self.cache[key] = body
+        extra = self.extra.get(node)
+        if extra:
+            body += "".join(f' {k}="{v}"' for k, v in extra.items())
+        return f"n{node} [id=n{node} {body}]\n"
+
+
+def _saved_lines(node: int, data: dict, look: Theme) -> Iterator[str]:
+    """Saved-tensor boxes beside their node (same rank), tied by a dashed line."""
+    saved = data.get("saved") or ()
+    if not saved:
+        return
+    ids = [f"n{node}s{i}" for i in range(len(saved))]
+    yield f"{{rank=same; n{node}; {'; '.join(ids)}}}\n"
+    for sid, fact in zip(ids, saved, strict=True):
+        kind = "freed" if fact["freed"] else "saved"
+        title, lines = saved_lines(fact)
+        text = label(title, *lines, color=look.muted)
+        style = _attrs(node_style(kind, look))
+        yield f'{sid} [id={sid} class="{kind}" label={text} {style}]\n'
+        yield f'n{node} -> {sid} [style=dashed dir=none color="{look.saved_edge}"]\n'
+
+
+def _header(look: Theme, flow: str, title: str | None) -> list[str]:
+    if flow not in FLOWS:
+        raise ValueError(f"flow={flow!r}; use 'forward' or 'backward'.")
+    graph = {
+        "newrank": "true",  # one global ranking: 3x less work for dot on chains
+        "bgcolor": look.background,
+        "fontname": FONT,
+        "fontsize": "12",
+        "fontcolor": look.text,
+        "rankdir": "TB",
+        "nodesep": "0.25",
+        "ranksep": "0.3",
+        "pad": "0.2",
+        "labeljust": "l",
+        "labelloc": "t",
+    }
+    lines = [
+        f"\tgraph [{_attrs(graph)}]\n",
+        f'\tnode [fontname="{FONT}" fontsize="10" margin="0.12,0.05" height="0.3"'
+        f' penwidth="1.2" {_attrs(look.kinds["op"])}]\n',
+        f'\tedge [color="{look.edge}" arrowsize="0.6"]\n',
+    ]
+    if title:
+        lines.append(f"\tlabel={label(title)} labelloc=t\n")
+    return lines
+
+
+def dot_lines(
+    graph: GradGraph,
+    theme_name: str | Theme = "light",
+    edge_labels: bool = False,
+    show_saved: bool = False,
+    clusters: bool = True,
+    flow: str = "forward",
+    title: str | None = None,
+    extra: dict[int, dict] | None = None,
+) -> list[str]:
+    """The body of the DOT text of an (already folded) graph, one line each."""
+    look = theme(theme_name)
     dag = graph.dag
-    for node in sorted(dag.nodes):
-        data = dag.nodes[node]
-        dot.node(f"n{node}", node_label(data), **node_style(data["kind"]))
-    for u, v, data in sorted(dag.edges(data=True)):
-        attrs = dict(edge_style(data.get("kind")))
-        if edge_labels and "input_nr" in data:
-            attrs["label"] = str(data["input_nr"])
-        for _ in range(data.get("multiplicity", 1)):
-            dot.edge(f"n{u}", f"n{v}", **attrs)
-    return dot
+    lines = _header(look, flow, title)
+    writer = _NodeWriter(look, extra or {})
+    known = {m for _, m in dag.nodes(data="module") if m} if clusters else set()
+    groups: dict[int | None, dict[str, list[int]]] = {}
+    for node, data in sorted(dag.nodes(data=True)):
+        module = _cluster_module(data, known) if clusters else None
+        order = data.get("order") if clusters else None
+        groups.setdefault(order, {}).setdefault(module or "", []).append(node)
+
+    def emit(nodes: list[int], indent: str) -> None:
+        data_of = dag._node
+        for node in nodes:
+            data = data_of[node]
+            lines.append(indent + writer.line(node, data))
+            if show_saved:
+                lines.extend(indent + s for s in _saved_lines(node, data, look))
+
+    for order in sorted(groups, key=lambda o: -1 if o is None else o):
+        indent = "\t"
+        if order is not None:
+            band = order_band(order, look)
+            lines.append(f"\tsubgraph cluster_order{order} {{\n")
+            lines.append(
+                f'\t\tgraph [label={label(band["label"])} style="filled,rounded" '
+                f'fillcolor="{band["fillcolor"]}" color="{band["color"]}"]\n'
+            )
+            indent = "\t\t"
+        for step in _module_tree(groups[order]):
+            kind, value, depth = step
+            pad = indent + "\t" * depth
+            if kind == "open":
+                cid = f"cluster_o{order}_{value[1]}"
+                lines.append(f"{pad[:-1]}subgraph {cid} {{\n")
+                style = f'style="rounded,dashed" color="{look.module_border}"'
+                lines.append(f"{pad}graph [label={label(value[0])} {style}]\n")
+            elif kind == "close":
+                lines.append(f"{pad}}}\n")
+            else:
+                emit(value, pad)
+        if order is not None:
+            lines.append("\t}\n")
+    lines.extend(_edge_lines(graph, edge_labels, look, flow == "forward"))
+    return lines
 
 
-def _pipe(graph: GradGraph, format: str, **options) -> bytes:
+def _cluster_module(data: dict, known: set[str]) -> str | None:
+    """The module cluster a node is drawn in (a module box draws its own)."""
+    kind = data["kind"]
+    if kind == "module":
+        parent = data["module"].rsplit(".", 1)[0] if "." in data["module"] else None
+        return parent
+    module = data.get("module")
+    if module is None and kind == "accumulate" and known:
+        return parameter_module(data.get("name"), known)
+    return module
+
+
+def _module_tree(by_module: dict[str, list[int]]) -> Iterator[tuple]:
+    """Open/close/nodes steps that nest module clusters by their dotted names.
+
+    ``encoder.layer.3`` is drawn inside ``encoder.layer`` inside ``encoder``;
+    each prefix that holds nodes, directly or below, is one cluster.
+    """
+    children: dict[str, set[str]] = {}
+    for module in by_module:
+        parts = module.split(".") if module else []
+        for k in range(len(parts)):
+            parent, child = ".".join(parts[:k]), ".".join(parts[: k + 1])
+            children.setdefault(parent, set()).add(child)
+    ids = {m: f"m{i}" for i, m in enumerate(sorted(children.keys() | by_module.keys()))}
+
+    def walk(module: str, depth: int) -> Iterator[tuple]:
+        if module:
+            yield ("open", (module, ids[module]), depth)
+        if by_module.get(module):
+            yield ("nodes", by_module[module], depth)
+        for child in sorted(children.get(module, ())):
+            yield from walk(child, depth + 1)
+        if module:
+            yield ("close", None, depth - 1)
+
+    yield from walk("", 0)  # recursion depth = module nesting depth (small)
+
+
+def _edge_lines(
+    graph: GradGraph, edge_labels: bool, look: Theme, forward: bool
+) -> list[str]:
+    """One line per edge, in id order; ``forward`` writes it input -> consumer."""
+    dag = graph.dag
+    out = []
+    succ = dag._succ
+    styles: dict = {}
+    for u in sorted(succ):
+        targets = succ[u]
+        for v in sorted(targets) if len(targets) > 1 else targets:
+            data = targets[v]
+            kind = data.get("kind")
+            if kind not in styles:
+                attrs = edge_style(kind, look)
+                styles[kind] = _attrs(attrs)
+            attrs = styles[kind]
+            if edge_labels and "input_nr" in data:
+                attrs = f"{attrs} {_edge_label(dag.nodes[v], data, look)}".strip()
+            attrs = f" [{attrs}]" if attrs else ""
+            line = f"\tn{v} -> n{u}{attrs}\n" if forward else f"\tn{u} -> n{v}{attrs}\n"
+            out.append(line)
+            if "multiplicity" in data:
+                out.extend([line] * (data["multiplicity"] - 1))
+    return out
+
+
+def _edge_label(target: dict, data: dict, look: Theme) -> str:
+    """``input_nr: shape`` of the gradient the edge carries, small and muted."""
+    shapes = target.get("shapes")
+    nr = data.get("output_nr", 0)
+    shape = shapes[nr] if shapes and nr < len(shapes) else target.get("shape")
+    text = f"{data['input_nr']}: {shape_text('', shape)}"
+    font = f'<font point-size="8" color="{look.muted}">'
+    return f"label=<{font}{html_text(text)}</font>>"
+
+
+def to_dot(
+    graph: GradGraph,
+    *,
+    theme: str | Theme = "light",
+    edge_labels: bool = False,
+    show_saved: bool = False,
+    collapse: str | bool | None = None,
+    max_nodes: int | None = None,
+    clusters: bool = True,
+    flow: str = "forward",
+    title: str | None = None,
+) -> str:
+    """DOT text of the graph (deterministic).
+
+    Args:
+        graph: a traced :class:`~gradgraph.GradGraph`.
+        theme: ``"light"`` or ``"dark"`` (see :mod:`gradgraph.render.style`).
+        edge_labels: label each edge with its ``input_nr`` and the shape of the
+            gradient it carries.
+        show_saved: draw the tensors each node saved for backward (freed ones
+            dashed).
+        collapse, max_nodes: fold big graphs (rule in
+            :mod:`gradgraph.render.collapse`).
+        clusters: draw derivative-order bands and module clusters.
+        flow: ``"forward"`` draws inputs at the top and arrows the way data
+            flows, like torchviz (the DOT edge of DAG edge ``u -> v`` is
+            ``n<v> -> n<u>``); ``"backward"`` draws the outputs at the top and
+            arrows along ``next_functions`` (``n<u> -> n<v>``).
+        title: a caption above the picture.
+    """
+    drawn = drawn_graph(graph, collapse, max_nodes)
+    body = dot_lines(drawn, theme, edge_labels, show_saved, clusters, flow, title)
+    return dot_source(body)
+
+
+def dot_source(body: list[str]) -> str:
+    """The DOT text around body lines from :func:`dot_lines`."""
+    return "digraph gradgraph {\n" + "".join(body) + "}\n"
+
+
+def to_digraph(graph: GradGraph, **options) -> graphviz.Digraph:
+    """A ``graphviz.Digraph`` whose ``source`` is :func:`to_dot`'s text."""
+    text = to_dot(graph, **options)
+    body = text.splitlines(keepends=True)[1:-1]
+    return graphviz.Digraph("gradgraph", body=body)
+
+
+def pipe(dot_text: str, format: str = "svg") -> bytes:
+    """Run graphviz's ``dot`` on DOT text; a clear error when it is missing."""
     try:
-        return to_digraph(graph, **options).pipe(format=format)
+        return graphviz.pipe("dot", format, dot_text.encode("utf-8"))
     except graphviz.ExecutableNotFound as exc:
         raise DotNotFoundError(INSTALL_HINT) from exc
     except ValueError as exc:
@@ -71,15 +422,19 @@ def _pipe(graph: GradGraph, format: str, **options) -> bytes:
 
 
 def to_svg(graph: GradGraph, **options) -> str:
-    """SVG text of the graph."""
-    return _pipe(graph, "svg", **options).decode("utf-8")
+    """SVG text of the graph; options as in :func:`to_dot`."""
+    return pipe(to_dot(graph, **options), "svg").decode("utf-8")
 
 
 def render(
     graph: GradGraph, path: str | os.PathLike, format: str = "svg", **options
 ) -> str:
     """Write the picture to ``path`` exactly (no extension added); returns it."""
-    data = _pipe(graph, format, **options)
+    return write_file(path, pipe(to_dot(graph, **options), format))
+
+
+def write_file(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``path``; a ValueError naming the path when it fails."""
     path = os.fspath(path)
     try:
         with open(path, "wb") as handle:

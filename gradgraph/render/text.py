@@ -27,7 +27,12 @@ def shape_text(dtype: str | None, shape: tuple | None) -> str:
 
 
 def to_text(graph: GradGraph) -> str:
-    """One line per node, inputs first, in a form fit for a bug report."""
+    """One line per node, inputs first, in a form fit for a bug report.
+
+    After the shape come the node's name, ``@module`` (see
+    :func:`gradgraph.record_modules`), ``[order k]`` (derivative order) and
+    ``(root)`` for traced outputs, when known.
+    """
     dag = graph.dag
     rows = []
     for node in inputs_first(graph):
@@ -37,6 +42,10 @@ def to_text(graph: GradGraph) -> str:
             f"n{v}" for v in sorted(nexts, key=lambda v: dag.edges[node, v]["input_nr"])
         )
         notes = [data["name"]] if data["name"] else []
+        if data.get("module"):
+            notes.append(f"@{data['module']}")
+        if data.get("order") is not None:
+            notes.append(f"[order {data['order']}]")
         if node in graph.roots:
             notes.append("(root)")
         rows.append(
