@@ -156,6 +156,13 @@ def _signed(sign: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
     return sign.reshape(*sign.shape, *([1] * (data.dim() - sign.dim()))) * data
 
 
+def _signed_sum(sign: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """``sum_c sign[c, ...] data[c, ...]`` as one contraction."""
+    if sign.dim() == 1:
+        return torch.tensordot(sign, data, dims=1)
+    return torch.einsum("cn,cn...->n...", sign, data)
+
+
 def _outer_diagonal(parts: list[OuterColumns]) -> torch.Tensor:
     """``sum_{c,n} s (sum_k left_k (x) right_k)^2`` without forming a column."""
     total = None
@@ -167,9 +174,9 @@ def _outer_diagonal(parts: list[OuterColumns]) -> torch.Tensor:
                 continue
             lprod, rprod = lk * lm, rk * rm
             if lprod.shape[0] == 1:  # left does not depend on c: sum c first
-                term = lprod[0].T @ _signed(sign, rprod).sum(0)
+                term = lprod[0].T @ _signed_sum(sign, rprod)
             elif rprod.shape[0] == 1:
-                term = _signed(sign, lprod).sum(0).T @ rprod[0]
+                term = _signed_sum(sign, lprod).T @ rprod[0]
             else:
                 term = torch.einsum("cna,cnb->ab", _signed(sign, lprod), rprod)
             total = term * (1 if m == k else 2) + (0 if total is None else total)
@@ -184,4 +191,4 @@ def leaf_diagonal(parts: list[Columns], shape: tuple[int, ...]) -> torch.Tensor:
     block = combine(parts, shape)
     if isinstance(block, OuterColumns):
         block = block.to_dense(shape)
-    return _signed(block.sign, block.data.square()).sum(0)
+    return _signed_sum(block.sign, block.data.square())

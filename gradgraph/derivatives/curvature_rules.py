@@ -517,6 +517,7 @@ RULES: dict[str, Rule] = {
     "UnsqueezeBackward0": Reshape(),
     "CloneBackward0": Identity(),
     "AliasBackward0": Identity(),
+    "BackwardHookFunctionBackward": Identity(),
     "ExpandBackward0": Expand(),
     "AddBackward0": AddSub(1.0),
     "SubBackward0": AddSub(-1.0),

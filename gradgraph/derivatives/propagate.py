@@ -129,21 +129,25 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
     loss_fn = fns[plan.root]
     grads: dict[int, torch.Tensor] = {}
     pending: dict[int, dict[int, list[Columns]]] = {}
-    holders: dict[int, int] = {}  # source -> how many nodes hold its columns
+    holders: dict[int, set[int]] = {}  # source -> nodes that hold its columns
     next_source = 0
     diagonal = [torch.zeros_like(t) for t in plan.params.tensors]
 
     def deliver(child: int, source: int, block: Columns) -> None:
-        parts = pending.setdefault(child, {})
-        if source not in parts:
-            parts[source] = []
-            holders[source] = holders.get(source, 0) + 1
-        parts[source].append(block)
+        pending.setdefault(child, {}).setdefault(source, []).append(block)
+        holders.setdefault(source, set()).add(child)
+
+    def meets_again(source: int, node: int) -> bool:
+        """Can this source's columns elsewhere reach a parameter ``node`` reaches?"""
+        bits = 0
+        for other in holders[source]:
+            bits |= reach[other]
+        return bool(bits & reach[node])
 
     for node in plan.relevant():
         sources = pending.pop(node, {})
         for source in sources:
-            holders[source] -= 1
+            holders[source].discard(node)
         if node in plan.leaf:
             shape = tuple(diagonal[plan.positions[node]].shape)
             for parts in sources.values():
@@ -181,8 +185,8 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
             memo={},
         )
         blocks = {s: combine(parts, ctx.out_shape) for s, parts in sources.items()}
-        local = [s for s in blocks if holders[s] == 0]
-        if len(local) > 1:  # same path from here on: travel as one block each
+        local = [s for s in blocks if not meets_again(s, node)]
+        if len(local) > 1:  # their columns never meet again: one wider block
             for merged in concatenate([blocks.pop(s) for s in local]):
                 blocks[next_source] = merged
                 next_source += 1
