@@ -345,11 +345,6 @@ class Divide(Multiply):
     """a / b for a constant ``b`` (a ``b`` that depends on a parameter has no rule)."""
 
     def pullback(self, ctx, block, pos):
-        if pos == 1:
-            raise UnsupportedOpError(
-                "DivBackward0 with a denominator that depends on the parameters has "
-                "no curvature rule; use method='exact'."
-            )
         return unbroadcast(
             _scale(block, 1 / ctx.fn._saved_other, ctx.out_shape),
             ctx.in_shapes[0],
@@ -357,6 +352,11 @@ class Divide(Multiply):
         )
 
     def residual(self, ctx):
+        if ctx.flows(1):
+            raise UnsupportedOpError(
+                "DivBackward0 with a denominator that depends on the parameters has "
+                "no curvature rule; write it as a * (1 / b) or use method='exact'."
+            )
         return {}
 
 
@@ -414,6 +414,11 @@ def _sigmoid(fn):
 def _exp(fn):
     y = fn._saved_result
     return y, y
+
+
+def _reciprocal(fn):
+    y = fn._saved_result
+    return -y * y, 2 * y * y * y
 
 
 def _relu(fn):
@@ -542,6 +547,7 @@ RULES: dict[str, Rule] = {
     "SigmoidBackward0": Elementwise(_sigmoid),
     "ReluBackward0": Elementwise(_relu),
     "ExpBackward0": Elementwise(_exp),
+    "ReciprocalBackward0": Elementwise(_reciprocal),
     "GeluBackward0": Elementwise(
         _from_input(lambda fn, x: F.gelu(x, approximate=fn._saved_approximate))
     ),
