@@ -8,9 +8,34 @@ Example:
     {'AccumulateGrad': 2, 'AddmmBackward0': 1, 'TBackward0': 1}
 """
 
-from .derivatives import hvp
+from .derivatives import (
+    SpectralDensity,
+    derivatives,
+    hessian,
+    hessian_blocks,
+    hessian_density,
+    hessian_diagonal,
+    hessian_eigenvalues,
+    hessian_operator,
+    hessian_trace,
+    hvp,
+)
 from .graph import GradGraph, trace
 from .render.dot import DotNotFoundError
 
-__all__ = ["DotNotFoundError", "GradGraph", "hvp", "trace"]
+__all__ = [
+    "DotNotFoundError",
+    "GradGraph",
+    "SpectralDensity",
+    "derivatives",
+    "hessian",
+    "hessian_blocks",
+    "hessian_density",
+    "hessian_diagonal",
+    "hessian_eigenvalues",
+    "hessian_operator",
+    "hessian_trace",
+    "hvp",
+    "trace",
+]
 __version__ = "0.1.0"

@@ -1,5 +1,36 @@
 """The derivative engine: higher-order derivatives, HVPs, Hessians, estimators."""
 
+from .estimate import (
+    SpectralDensity,
+    diagonal_estimate,
+    lanczos_eigenvalues,
+    spectral_density,
+    trace_estimate,
+)
+from .hessian import DIAGONAL_METHODS, hessian, hessian_blocks, hessian_diagonal
+from .higher import derivatives
 from .hvp import hvp
+from .matrix_free import (
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_operator,
+    hessian_trace,
+)
 
-__all__ = ["hvp"]
+__all__ = [
+    "DIAGONAL_METHODS",
+    "SpectralDensity",
+    "derivatives",
+    "diagonal_estimate",
+    "hessian",
+    "hessian_blocks",
+    "hessian_density",
+    "hessian_diagonal",
+    "hessian_eigenvalues",
+    "hessian_operator",
+    "hessian_trace",
+    "hvp",
+    "lanczos_eigenvalues",
+    "spectral_density",
+    "trace_estimate",
+]

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,6 +47,22 @@ def hvp_with_grads(
         h.detach()
         for h in grad_checked(dot, params, retain_graph=retain_graph, allow_unused=True)
     ]
+
+
+def flat_hvp(
+    loss: torch.Tensor, params: ParamSet, allow_unused: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> H v`` on flat vectors, the matvec of :mod:`.estimate`.
+
+    Builds the gradient graph once; every call is one second backward.
+    """
+    params.check_uniform()
+    grads = gradient_graph(loss, params, allow_unused=allow_unused)
+
+    def matvec(vector: torch.Tensor) -> torch.Tensor:
+        return params.flatten(hvp_with_grads(grads, params, params.unflatten(vector)))
+
+    return matvec
 
 
 def hvp(

@@ -62,6 +62,28 @@ class ParamSet:
             for part, t in zip(flat.split(sizes), self.tensors, strict=True)
         ]
 
+    def flatten_batch(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(k, numel)`` from per-parameter tensors with a leading batch dim ``k``."""
+        return torch.cat([v.reshape(v.shape[0], -1) for v in values], dim=1)
+
+    def unflatten_batch(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter ``(k, *shape)`` views of a ``(k, numel)`` block."""
+        sizes = [t.numel() for t in self.tensors]
+        return [
+            part.reshape(flat.shape[0], *t.shape)
+            for part, t in zip(flat.split(sizes, dim=1), self.tensors, strict=True)
+        ]
+
+    def check_uniform(self) -> None:
+        """Raise unless all tensors share one dtype and device (one flat vector)."""
+        kinds = {(t.dtype, t.device) for t in self.tensors}
+        if len(kinds) > 1:
+            raise ValueError(
+                "matrix-free methods flatten all parameters into one vector, but "
+                f"they mix dtypes/devices {sorted(map(str, kinds))}; convert the "
+                "model with .to(dtype, device) first."
+            )
+
     def like(self) -> torch.Tensor:
         """A zero vector with the parameters' total size, dtype and device."""
         first = self.tensors[0]
