@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradgraph-installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean backpack-venv
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ test: setup
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# BackPACK (the peer of benchmarks/bench_diagonal.py) needs torchvision, which has
+# no release beside torch 2.13: it gets its own venv with torch 2.14.1.
+backpack-venv:
+	test -x .venv-backpack/bin/python || $(PY) -m venv .venv-backpack
+	.venv-backpack/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 backpack-for-pytorch
+	.venv-backpack/bin/pip install -q --disable-pip-version-check -e .
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""Exact Hessian diagonal: gradgraph's propagation vs BackPACK DiagHessian vs the seed loop.
+"""Exact Hessian diagonal: our propagation vs BackPACK DiagHessian vs the seed loop.
 
 The seed notebook's task (y = f(x) on 1000 points of [-10, 10], MSE, float32)
 with wider nets: 1-64-64-64-1 (8,513 parameters) and 1-160-160-160-1 (51,841),
@@ -154,7 +154,7 @@ def main(full_seed_up_to: int) -> None:
     for case in CASES:
         model, x, y = build(case)
         n = sum(p.numel() for p in model.parameters())
-        t_ours = best_of(lambda m=model: ours(m, x, y), repeat=3)
+        t_ours = best_of(lambda m=model, x=x, y=y: ours(m, x, y), repeat=3)
         ref = ours(model, x, y)
         mem_ours = peak_mib("ours", case)
         bp, mem_bp, agree = "refuses (GELU)", "-", ""
@@ -162,7 +162,7 @@ def main(full_seed_up_to: int) -> None:
             bp = "not installed"
         elif "gelu" not in case:
             bmodel = backpack_model(model)
-            t_bp = best_of(lambda m=bmodel: backpack_diag(m, x, y), repeat=3)
+            t_bp = best_of(lambda m=bmodel, x=x, y=y: backpack_diag(m, x, y), repeat=3)
             agree = f"{max_rel(ref, backpack_diag(bmodel, x, y)):.1e}"
             bp = f"{t_bp:.3f} s ({t_ours / t_bp:.2f}x)"
             mem_bp = f"{peak_mib('backpack', case):.0f}"

@@ -10,7 +10,10 @@ Example:
 
 from .derivatives import (
     SpectralDensity,
+    UnsupportedOpError,
     derivatives,
+    diagonal_method,
+    ggn_diagonal,
     hessian,
     hessian_blocks,
     hessian_density,
@@ -19,6 +22,8 @@ from .derivatives import (
     hessian_operator,
     hessian_trace,
     hvp,
+    propagated_hessian_diagonal,
+    unsupported_ops,
 )
 from .graph import GradGraph, trace
 from .render.dot import DotNotFoundError
@@ -27,7 +32,10 @@ __all__ = [
     "DotNotFoundError",
     "GradGraph",
     "SpectralDensity",
+    "UnsupportedOpError",
     "derivatives",
+    "diagonal_method",
+    "ggn_diagonal",
     "hessian",
     "hessian_blocks",
     "hessian_density",
@@ -36,6 +44,8 @@ __all__ = [
     "hessian_operator",
     "hessian_trace",
     "hvp",
+    "propagated_hessian_diagonal",
     "trace",
+    "unsupported_ops",
 ]
 __version__ = "0.1.0"

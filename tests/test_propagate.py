@@ -9,17 +9,26 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, jacrev
 
-from gradgraph.derivatives import curvature_columns, curvature_rules, propagate
+from gradgraph.derivatives import (
+    curvature_columns,
+    curvature_rules,
+    hessian_diagonal,
+    propagate,
+)
 from gradgraph.derivatives.propagate import (
     UnsupportedOpError,
+    diagonal_method,
     ggn_diagonal,
     propagated_hessian_diagonal,
     unsupported_ops,
 )
 
+from .cases_models import MODELS as ENGINE_MODELS
+from .model_reference import case_and_hessian, flat
 from .reference import dense_hessian, flat_params, unflatten
 
 F = nn.functional
+NO_RULE = {"conv_net": "AvgPool2DBackward0|ConvolutionBackward0"}
 
 
 class Residual(nn.Module):
@@ -55,7 +64,8 @@ class Gated(nn.Module):
 
     def forward(self, x):
         h = self.a(x)
-        return F.silu(h) * self.b(x) * self.scale + h * h - 1
+        z = F.silu(h) * self.b(x) * self.scale + h * h - 1
+        return z.unsqueeze(2).permute(0, 2, 1).squeeze(1)
 
 
 def mlp(act):
@@ -87,10 +97,12 @@ MODELS = {
     "products": (Gated, lambda o: F.mse_loss(o, Y3)),
     "losses_summed": (
         lambda: mlp(nn.Softplus()),
-        lambda o: F.mse_loss(o, Y)
-        + 0.5 * F.cross_entropy(o, LABELS)
-        + o.exp().mean()
-        + (1 / (o * o + 1)).sum(),
+        lambda o: (
+            F.mse_loss(o, Y)
+            + 0.5 * F.cross_entropy(o, LABELS)
+            + o.exp().mean()
+            + (1 / (o * o + 1)).sum()
+        ),
     ),
 }
 
@@ -202,3 +214,19 @@ def test_float32_matches_float64():
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_MODELS))
+def test_engine_models_auto_and_propagate(name):
+    case, dense = case_and_hessian(name)
+    options = {"allow_unused": case.unused}
+    method = diagonal_method(case.loss(), case.model, **options)
+    assert method == ("exact" if name in NO_RULE else "propagate")
+    auto = hessian_diagonal(case.loss(), case.model, progress=False, **options)
+    torch.testing.assert_close(flat(auto), dense.diagonal())
+    if name in NO_RULE:
+        with pytest.raises(UnsupportedOpError, match=NO_RULE[name]):
+            hessian_diagonal(case.loss(), case.model, method="propagate", **options)
+    else:
+        forced = hessian_diagonal(case.loss(), case.model, "propagate", **options)
+        torch.testing.assert_close(flat(forced), dense.diagonal())

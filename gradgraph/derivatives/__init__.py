@@ -16,12 +16,22 @@ from .matrix_free import (
     hessian_operator,
     hessian_trace,
 )
+from .propagate import (
+    UnsupportedOpError,
+    diagonal_method,
+    ggn_diagonal,
+    propagated_hessian_diagonal,
+    unsupported_ops,
+)
 
 __all__ = [
     "DIAGONAL_METHODS",
     "SpectralDensity",
+    "UnsupportedOpError",
     "derivatives",
+    "diagonal_method",
     "diagonal_estimate",
+    "ggn_diagonal",
     "hessian",
     "hessian_blocks",
     "hessian_density",
@@ -31,6 +41,8 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "lanczos_eigenvalues",
+    "propagated_hessian_diagonal",
     "spectral_density",
     "trace_estimate",
+    "unsupported_ops",
 ]

@@ -47,7 +47,7 @@ class DenseColumns:
 
 @dataclass
 class SampleColumns:
-    """Per-sample columns: ``data[c, n]`` (shape ``[C, N, *rest]``), signs ``[C, N]``."""
+    """Per-sample columns ``data[c, n]`` (``[C, N, *rest]``), signs ``[C, N]``."""
 
     data: torch.Tensor
     sign: torch.Tensor

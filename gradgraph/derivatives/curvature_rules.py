@@ -168,6 +168,10 @@ class Rule:
     def residual(self, ctx: OpContext) -> dict[int, Columns]:
         return {}
 
+    def refuses(self, fn: Any, flows: list[bool]) -> str | None:
+        """Why this node is beyond the rule (None: it is not), before any work."""
+        return None
+
 
 def _call(fn: Any, grad: torch.Tensor) -> tuple:
     out = fn(grad)
@@ -201,6 +205,22 @@ class Transpose(Rule):
             return block.transpose()
         block = block.to_dense(ctx.out_shape)
         return DenseColumns(block.data.transpose(-1, -2), block.sign)
+
+
+class Permute(Rule):
+    """permute / ``.T``: the columns take the inverse permutation."""
+
+    def pullback(self, ctx, block, pos):
+        dims = [d % len(ctx.out_shape) for d in ctx.fn._saved_dims]
+        inverse = sorted(range(len(dims)), key=dims.__getitem__)
+        if isinstance(block, OuterColumns) and dims == [1, 0]:
+            return block.transpose()
+        if isinstance(block, SampleColumns) and dims[0] == 0:
+            order = [0, 1, *(d + 1 for d in inverse[1:])]
+            return SampleColumns(block.data.permute(order), block.sign)
+        block = block.to_dense(ctx.out_shape)
+        order = [0, *(d + 1 for d in inverse)]
+        return DenseColumns(block.data.permute(order), block.sign)
 
 
 class Expand(Rule):
@@ -351,13 +371,10 @@ class Divide(Multiply):
             ctx.out_shape,
         )
 
-    def residual(self, ctx):
-        if ctx.flows(1):
-            raise UnsupportedOpError(
-                "DivBackward0 with a denominator that depends on the parameters has "
-                "no curvature rule; write it as a * (1 / b) or use method='exact'."
-            )
-        return {}
+    def refuses(self, fn, flows):
+        if len(flows) > 1 and flows[1]:
+            return "DivBackward0 (a denominator that depends on the parameters)"
+        return None
 
 
 class Elementwise(Rule):
@@ -480,15 +497,14 @@ class LogSoftmax(Rule):
 
     loss = True
 
-    def _p(self, ctx):
-        fn = ctx.fn
-        shape = ctx.out_shape
+    def refuses(self, fn, flows):
+        shape = tuple(fn._saved_result.shape)
         if len(shape) not in (1, 2) or fn._saved_dim % len(shape) != len(shape) - 1:
-            raise UnsupportedOpError(
-                "LogSoftmaxBackward0 has a curvature rule only over the last dim of "
-                f"a 1-D or 2-D tensor, got dim={fn._saved_dim} of shape {shape}."
-            )
-        return fn._saved_result.exp()
+            return f"LogSoftmaxBackward0 (dim={fn._saved_dim} of a {shape} tensor)"
+        return None
+
+    def _p(self, ctx):
+        return ctx.fn._saved_result.exp()
 
     def pullback(self, ctx, block, pos):
         p = self._p(ctx)
@@ -514,6 +530,7 @@ class LogSoftmax(Rule):
 RULES: dict[str, Rule] = {
     # linear, no residual
     "TBackward0": Transpose(),
+    "PermuteBackward0": Permute(),
     "ViewBackward0": Reshape(),
     "ReshapeAliasBackward0": Reshape(),
     "UnsafeViewBackward0": Reshape(),
@@ -553,9 +570,7 @@ RULES: dict[str, Rule] = {
     ),
     "SiluBackward0": Elementwise(_from_input(lambda fn, x: F.silu(x))),
     "SoftplusBackward0": Elementwise(
-        _from_input(
-            lambda fn, x: F.softplus(x, fn._saved_beta, fn._saved_threshold)
-        )
+        _from_input(lambda fn, x: F.softplus(x, fn._saved_beta, fn._saved_threshold))
     ),
     "LeakyReluBackward0": Elementwise(
         _from_input(lambda fn, x: F.leaky_relu(x, fn._saved_negative_slope))

@@ -32,10 +32,12 @@ from ..graph import trace
 from ..nodes import ACCUMULATE_OP
 from .curvature_columns import Columns, combine, concatenate, leaf_diagonal
 from .curvature_rules import RULES, OpContext, UnsupportedOpError
-from .params import as_params, check_scalar_loss
+from .params import ParamSet, as_params, check_scalar_loss
 
 __all__ = [
     "UnsupportedOpError",
+    "diagonal_by_propagation",
+    "diagonal_method",
     "ggn_diagonal",
     "propagated_hessian_diagonal",
     "unsupported_ops",
@@ -45,10 +47,11 @@ __all__ = [
 class _Plan:
     """The traced graph, its order, and which parameters each node reaches."""
 
-    def __init__(self, loss: torch.Tensor, params: Any):
+    def __init__(self, loss: torch.Tensor, params: Any, allow_unused: bool = False):
+        self.allow_unused = allow_unused
         check_scalar_loss(loss)
         self.loss = loss
-        self.params = as_params(params)
+        self.params = params if isinstance(params, ParamSet) else as_params(params)
         graph = trace(loss, keep=True)
         self.root = graph.roots[0]
         self.fns = [graph.grad_fn(i) for i in range(len(graph))]
@@ -82,8 +85,11 @@ class _Plan:
                 )
             node = by_tensor.get(id(tensor))
             if node is None:
+                if self.allow_unused:
+                    continue
                 raise ValueError(
-                    f"the loss does not depend on {name!r}; leave it out of params."
+                    f"the loss does not depend on {name!r}; pass allow_unused=True "
+                    "to get zeros for it, or leave it out of params."
                 )
             leaf[node] = leaf.get(node, 0) | (1 << k)
             self.positions[node] = k
@@ -93,12 +99,26 @@ class _Plan:
         return [n for n in self.order if self.reach[n]]
 
     def missing_rules(self) -> list[str]:
-        ops = {
-            type(self.fns[n]).__name__
-            for n in self.relevant()
-            if n not in self.leaf
-        }
-        return sorted(op for op in ops if op not in RULES)
+        """Ops (with the reason when the op has a rule that does not cover it)."""
+        missing = set()
+        for node in self.relevant():
+            if node in self.leaf:
+                continue
+            fn = self.fns[node]
+            op = type(fn).__name__
+            rule = RULES.get(op)
+            if rule is None:
+                missing.add(op)
+                continue
+            flows = []
+            for child, out_nr in fn.next_functions:
+                flows.append(child is not None and bool(self.reach[self.index[child]]))
+                if flows[-1] and out_nr != 0:
+                    missing.add(f"{type(child).__name__} (output {out_nr} of several)")
+            reason = rule.refuses(fn, flows)
+            if reason is not None:
+                missing.add(reason)
+        return sorted(missing)
 
 
 def unsupported_ops(loss: torch.Tensor, params: Any) -> list[str]:
@@ -159,11 +179,9 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
         if fn is loss_fn:
             grad = torch.ones_like(plan.loss)
         children = [None] * len(fn.next_functions)
-        for pos, (child_fn, out_nr) in enumerate(fn.next_functions):
+        for pos, (child_fn, _) in enumerate(fn.next_functions):
             if child_fn is None or not reach[index[child_fn]]:
                 continue
-            if out_nr != 0:
-                raise _no_rule(type(child_fn).__name__ + " (an op with several outputs)")
             children[pos] = index[child_fn]
         grads_in = fn(grad)
         grads_in = grads_in if isinstance(grads_in, tuple) else (grads_in,)
@@ -201,12 +219,45 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
     return diagonal
 
 
-def propagated_hessian_diagonal(loss: torch.Tensor, params: Any) -> Any:
+def diagonal_by_propagation(
+    loss: torch.Tensor,
+    ps: ParamSet,
+    *,
+    ggn: bool = False,
+    allow_unused: bool = False,
+    **_: Any,
+) -> list[torch.Tensor]:
+    """Per-parameter diagonals for a ParamSet (the ``method="propagate"`` entry)."""
+    plan = _Plan(loss, ps, allow_unused)
+    with torch.no_grad():
+        return _run(plan, ggn)
+
+
+def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False) -> str:
+    """The method ``hessian_diagonal(..., method="auto")`` uses for this loss.
+
+    ``"propagate"`` when every op between ``loss`` and ``params`` has a
+    curvature rule, else ``"exact"`` (one HVP row per entry).
+
+    Example:
+        >>> import torch
+        >>> w = torch.ones(2, requires_grad=True)
+        >>> diagonal_method(torch.tanh(w).sum(), w), diagonal_method(w.atan().sum(), w)
+        ('propagate', 'exact')
+    """
+    missing = _Plan(loss, params, allow_unused).missing_rules()
+    return "exact" if missing else "propagate"
+
+
+def propagated_hessian_diagonal(
+    loss: torch.Tensor, params: Any, allow_unused: bool = False
+) -> Any:
     """The exact diagonal of the Hessian of ``loss``, by curvature propagation.
 
     Args:
         loss: scalar tensor whose graph is still alive (not freed by backward).
         params: leaf tensors as an nn.Module, dict, list or one tensor.
+        allow_unused: zeros for parameters the loss does not depend on.
 
     Returns:
         The diagonal in the form of ``params`` (dict for a Module), detached.
@@ -221,12 +272,11 @@ def propagated_hessian_diagonal(loss: torch.Tensor, params: Any) -> Any:
         >>> propagated_hessian_diagonal((w * w * w).sum(), w)  # 6 w
         tensor([  6., -12.])
     """
-    plan = _Plan(loss, params)
-    with torch.no_grad():
-        return plan.params.pack(_run(plan, ggn=False))
+    ps = as_params(params)
+    return ps.pack(diagonal_by_propagation(loss, ps, allow_unused=allow_unused))
 
 
-def ggn_diagonal(loss: torch.Tensor, params: Any) -> Any:
+def ggn_diagonal(loss: torch.Tensor, params: Any, allow_unused: bool = False) -> Any:
     """The diagonal of the generalised Gauss-Newton matrix ``J^T H_loss J``.
 
     The same propagation with only the losses' curvature (mse, huber,
@@ -237,9 +287,10 @@ def ggn_diagonal(loss: torch.Tensor, params: Any) -> Any:
         >>> import torch
         >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
         >>> out = torch.tanh(w)
-        >>> ggn_diagonal(torch.nn.functional.mse_loss(out, torch.zeros(2)), w)  # tanh'(w)^2
+        >>> ggn_diagonal(torch.nn.functional.mse_loss(out, torch.zeros(2)), w)
         tensor([0.1764, 0.0050])
     """
-    plan = _Plan(loss, params)
-    with torch.no_grad():
-        return plan.params.pack(_run(plan, ggn=True))
+    ps = as_params(params)
+    return ps.pack(
+        diagonal_by_propagation(loss, ps, ggn=True, allow_unused=allow_unused)
+    )
