@@ -197,6 +197,8 @@ def test_leaves_no_state_behind():
     assert all(p.grad is None for p in model.parameters())
     loss.backward()  # the graph was not freed
     assert model[0].weight.grad is not None
+    with pytest.raises(ValueError, match="retain_graph=True"):
+        propagated_hessian_diagonal(loss, model)
 
 
 def test_float32_matches_float64():

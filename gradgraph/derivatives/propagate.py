@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import networkx as nx
@@ -228,9 +229,25 @@ def diagonal_by_propagation(
     **_: Any,
 ) -> list[torch.Tensor]:
     """Per-parameter diagonals for a ParamSet (the ``method="propagate"`` entry)."""
-    plan = _Plan(loss, ps, allow_unused)
-    with torch.no_grad():
-        return _run(plan, ggn)
+    with _graph_alive():
+        plan = _Plan(loss, ps, allow_unused)
+        with torch.no_grad():
+            return _run(plan, ggn)
+
+
+@contextmanager
+def _graph_alive():
+    """Turn autograd's freed-buffer error into a ValueError saying what to do."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "backward through the graph a second time" not in str(exc):
+            raise
+        raise ValueError(
+            "the loss's graph was freed by an earlier backward(); propagation reads "
+            "the values it saved: recompute the loss, or call the earlier backward "
+            "with retain_graph=True."
+        ) from exc
 
 
 def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False) -> str:
@@ -245,7 +262,8 @@ def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False)
         >>> diagonal_method(torch.tanh(w).sum(), w), diagonal_method(w.atan().sum(), w)
         ('propagate', 'exact')
     """
-    missing = _Plan(loss, params, allow_unused).missing_rules()
+    with _graph_alive():
+        missing = _Plan(loss, params, allow_unused).missing_rules()
     return "exact" if missing else "propagate"
 
 
