@@ -8,11 +8,13 @@ Tanh and GELU. Same process, same models, same data for every method:
 * BackPACK: ``DiagHessian`` (forward + backward with the extension); it refuses
   GELU, so those rows say so;
 * seed loop: the notebook's per-element double backward (one backward per
-  parameter); on the 51k nets it is timed on 300 elements per tensor and
-  scaled to all of them (marked "extrapolated").
+  parameter); timed on 300 elements per tensor and scaled to all of them
+  (marked "extrapolated"; ``--full-seed-up-to 10000`` runs the whole loop on
+  the 8k nets: half an hour on a loaded 2-core machine).
 
-Peak memory is the growth of the peak resident set size of a fresh process
-that runs the method once after building the model (``--peak``).
+Peak memory is the growth of the peak resident set size (VmHWM, reset just
+before the call) of a fresh process that runs the method once after building
+the model and data (``--peak``; Linux).
 
 BackPACK needs torchvision, which does not install beside torch 2.13; run this
 script in the separate venv ``make backpack-venv`` creates (torch 2.14.1,
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
 import subprocess
 import sys
 import time
@@ -123,10 +124,19 @@ def _peak_child(method: str, case: str) -> None:
     if method == "backpack":
         model = backpack_model(model)
     kwargs = {"limit": SEED_SAMPLE} if method == "seed" else {}
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current resident set
     fn(model, x, y, **kwargs)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024)
+    print((_status_kib("VmHWM") - before) / 1024)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} (Linux only)")
 
 
 def time_seed(model, x, y, full: bool) -> tuple[float, str]:
@@ -205,7 +215,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--full-seed-up-to",
         type=int,
-        default=10_000,
+        default=0,
         help="run the whole seed loop for nets up to this many parameters",
     )
     args = parser.parse_args()
