@@ -11,7 +11,10 @@ Example:
 from .derivatives import (
     Curvature,
     SpectralDensity,
+    UnsupportedOpError,
     derivatives,
+    diagonal_method,
+    ggn_diagonal,
     hessian,
     hessian_blocks,
     hessian_density,
@@ -20,6 +23,8 @@ from .derivatives import (
     hessian_operator,
     hessian_trace,
     hvp,
+    propagated_hessian_diagonal,
+    unsupported_ops,
 )
 from .expansion import expand, order_summary, trace_orders
 from .graph import GradGraph, trace
@@ -34,9 +39,12 @@ __all__ = [
     "DotNotFoundError",
     "GradGraph",
     "SpectralDensity",
+    "UnsupportedOpError",
     "derivatives",
-    "explain_retain_graph",
+    "diagonal_method",
     "expand",
+    "explain_retain_graph",
+    "ggn_diagonal",
     "hessian",
     "hessian_blocks",
     "hessian_density",
@@ -47,10 +55,12 @@ __all__ = [
     "hvp",
     "make_dot",
     "order_summary",
+    "propagated_hessian_diagonal",
     "record_backward",
     "record_modules",
     "recording",
     "trace",
     "trace_orders",
+    "unsupported_ops",
 ]
 __version__ = "0.1.0"

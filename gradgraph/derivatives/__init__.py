@@ -17,13 +17,23 @@ from .matrix_free import (
     hessian_operator,
     hessian_trace,
 )
+from .propagate import (
+    UnsupportedOpError,
+    diagonal_method,
+    ggn_diagonal,
+    propagated_hessian_diagonal,
+    unsupported_ops,
+)
 
 __all__ = [
     "DIAGONAL_METHODS",
     "Curvature",
     "SpectralDensity",
+    "UnsupportedOpError",
     "derivatives",
+    "diagonal_method",
     "diagonal_estimate",
+    "ggn_diagonal",
     "hessian",
     "hessian_blocks",
     "hessian_density",
@@ -33,6 +43,8 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "lanczos_eigenvalues",
+    "propagated_hessian_diagonal",
     "spectral_density",
     "trace_estimate",
+    "unsupported_ops",
 ]

@@ -32,6 +32,7 @@ import torch
 from .estimate import diagonal_estimate, progress_bar
 from .hvp import gradient_graph, hessian_matvec
 from .params import ParamSet, as_params
+from .propagate import diagonal_by_propagation, diagonal_method
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -249,9 +250,19 @@ def _diagonal_estimated(method: str) -> Callable[..., list[torch.Tensor]]:
     return estimate
 
 
+def _diagonal_auto(
+    loss: torch.Tensor, ps: ParamSet, *, allow_unused: bool = False, **options: Any
+) -> list[torch.Tensor]:
+    """Propagation when every op has a curvature rule, else the exact rows."""
+    if diagonal_method(loss, ps, allow_unused=allow_unused) == "propagate":
+        return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
+    return _diagonal_exact(loss, ps, allow_unused=allow_unused, **options)
+
+
 DIAGONAL_METHODS: dict[str, Callable[..., list[torch.Tensor]]] = {
     "exact": _diagonal_exact,
-    "auto": _diagonal_exact,
+    "auto": _diagonal_auto,
+    "propagate": diagonal_by_propagation,
     "hutchinson": _diagonal_estimated("hutchinson"),
     "xdiag": _diagonal_estimated("xdiag"),
 }
@@ -265,7 +276,7 @@ Options passed: ``matvecs``, ``generator``, ``batch_size``, ``allow_unused``,
 def hessian_diagonal(
     loss: torch.Tensor,
     params: Any,
-    method: str = "exact",
+    method: str = "auto",
     *,
     matvecs: int = 64,
     generator: torch.Generator | int | None = None,
@@ -279,9 +290,13 @@ def hessian_diagonal(
         loss: scalar tensor with a graph.
         params: Module, dict name -> tensor, list of tensors or one tensor.
         method: ``"exact"`` (one HVP row per parameter entry, batched;
-            works on any graph), ``"auto"`` (the fastest exact method
-            available), ``"xdiag"`` or ``"hutchinson"`` (estimates from
-            ``matvecs`` HVPs; see :mod:`gradgraph.derivatives.estimate`).
+            works on any graph), ``"propagate"`` (curvature propagation
+            through the graph, see :mod:`gradgraph.derivatives.propagate`;
+            raises :class:`UnsupportedOpError` naming an op without a rule),
+            ``"auto"`` (``"propagate"`` when every op has a rule, else
+            ``"exact"``; :func:`diagonal_method` says which), ``"xdiag"`` or
+            ``"hutchinson"`` (estimates from ``matvecs`` HVPs; see
+            :mod:`gradgraph.derivatives.estimate`).
         matvecs: HVPs an estimator may spend.
         generator: ``torch.Generator`` or int seed for the estimators.
         batch_size: rows per vmapped backward for ``"exact"``.

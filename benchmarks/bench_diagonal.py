@@ -1,0 +1,225 @@
+"""Exact Hessian diagonal: our propagation vs BackPACK DiagHessian vs the seed loop.
+
+The seed notebook's task (y = f(x) on 1000 points of [-10, 10], MSE, float32)
+with wider nets: 1-64-64-64-1 (8,513 parameters) and 1-160-160-160-1 (51,841),
+Tanh and GELU. Same process, same models, same data for every method:
+
+* ours: ``propagated_hessian_diagonal`` (forward + propagation);
+* BackPACK: ``DiagHessian`` (forward + backward with the extension); it refuses
+  GELU, so those rows say so;
+* seed loop: the notebook's per-element double backward (one backward per
+  parameter); timed on 300 elements per tensor and scaled to all of them
+  (marked "extrapolated"; ``--full-seed-up-to 10000`` runs the whole loop on
+  the 8k nets: half an hour on a loaded 2-core machine).
+
+Peak memory is the growth of the peak resident set size (VmHWM, reset just
+before the call) of a fresh process that runs the method once after building
+the model and data (``--peak``; Linux).
+
+BackPACK needs torchvision, which does not install beside torch 2.13; run this
+script in the separate venv ``make backpack-venv`` creates (torch 2.14.1,
+torchvision 0.29.1): ``.venv-backpack/bin/python benchmarks/bench_diagonal.py``.
+In the project venv the BackPACK column reads "not installed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+from common import best_of, machine, table
+
+from gradgraph.derivatives.propagate import propagated_hessian_diagonal
+
+try:
+    from backpack import backpack, extend
+    from backpack.extensions import DiagHessian
+except ImportError:  # the project venv: torch 2.13 has no torchvision for BackPACK
+    backpack = None
+
+CASES = {
+    "tanh-8k": (nn.Tanh, 64),
+    "gelu-8k": (nn.GELU, 64),
+    "tanh-52k": (nn.Tanh, 160),
+    "gelu-52k": (nn.GELU, 160),
+}
+SEED_SAMPLE = 300  # elements per tensor timed when the full seed loop is too long
+
+
+def build(case: str):
+    act, width = CASES[case]
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(1, width),
+        act(),
+        nn.Linear(width, width),
+        act(),
+        nn.Linear(width, width),
+        act(),
+        nn.Linear(width, 1),
+    )
+    x = torch.linspace(-10, 10, 1000).view(-1, 1)
+    y = 2 * x + 3 + torch.sin(x) * 3 * x.abs().sqrt() + torch.cos(x + 3)
+    return model, x, y
+
+
+def ours(model, x, y):
+    loss = nn.functional.mse_loss(model(x), y)
+    return propagated_hessian_diagonal(loss, model)
+
+
+def backpack_model(model):
+    """A BackPACK-extended copy (extend() adds hooks; the original stays plain)."""
+    return extend(copy.deepcopy(model))
+
+
+def backpack_diag(model, x, y):
+    """``model`` must come from :func:`backpack_model`."""
+    loss = extend(nn.MSELoss())(model(x), y)
+    with backpack(DiagHessian()):
+        loss.backward()
+    out = {n: p.diag_h.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = None
+        del p.diag_h
+    return out
+
+
+def seed_loop(model, x, y, limit=None):
+    """The notebook's loop: one backward per diagonal element (``limit`` per tensor)."""
+    loss = nn.functional.mse_loss(model(x), y)
+    out = {}
+    for name, param in model.named_parameters():
+        (jaco,) = torch.autograd.grad(loss, param, create_graph=True)
+        flat = jaco.view(-1)[:limit]
+        rows = [
+            torch.autograd.grad(j, param, retain_graph=True)[0].view(-1) for j in flat
+        ]
+        out[name] = torch.stack([r[i] for i, r in enumerate(rows)])
+    return out
+
+
+METHODS = {"ours": ours, "backpack": backpack_diag, "seed": seed_loop}
+
+
+def peak_mib(method: str, case: str) -> float:
+    """Peak RSS growth (MiB) of a fresh process running ``method`` once on ``case``."""
+    code = subprocess.run(
+        [sys.executable, __file__, "--peak", method, case],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(code.stdout.strip().splitlines()[-1])
+
+
+def _peak_child(method: str, case: str) -> None:
+    model, x, y = build(case)
+    fn = METHODS[method]
+    if method == "backpack":
+        model = backpack_model(model)
+    kwargs = {"limit": SEED_SAMPLE} if method == "seed" else {}
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current resident set
+    fn(model, x, y, **kwargs)
+    print((_status_kib("VmHWM") - before) / 1024)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} (Linux only)")
+
+
+def time_seed(model, x, y, full: bool) -> tuple[float, str]:
+    if full:
+        start = time.perf_counter()
+        seed_loop(model, x, y)
+        return time.perf_counter() - start, ""
+    start = time.perf_counter()
+    seed_loop(model, x, y, limit=SEED_SAMPLE)
+    elapsed = time.perf_counter() - start
+    done = sum(min(p.numel(), SEED_SAMPLE) for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return elapsed * total / done, " (extrapolated)"
+
+
+def max_rel(a: dict, b: dict) -> float:
+    return max(
+        ((a[n] - b[n]).abs().max() / b[n].abs().max().clamp_min(1e-30)).item()
+        for n in a
+    )
+
+
+def main(full_seed_up_to: int) -> None:
+    rows = []
+    for case in CASES:
+        model, x, y = build(case)
+        n = sum(p.numel() for p in model.parameters())
+        t_ours = best_of(lambda m=model, x=x, y=y: ours(m, x, y), repeat=3)
+        ref = ours(model, x, y)
+        mem_ours = peak_mib("ours", case)
+        bp, mem_bp, agree = "refuses (GELU)", "-", ""
+        if backpack is None:
+            bp = "not installed"
+        elif "gelu" not in case:
+            bmodel = backpack_model(model)
+            t_bp = best_of(lambda m=bmodel, x=x, y=y: backpack_diag(m, x, y), repeat=3)
+            agree = f"{max_rel(ref, backpack_diag(bmodel, x, y)):.1e}"
+            bp = f"{t_bp:.3f} s ({t_ours / t_bp:.2f}x)"
+            mem_bp = f"{peak_mib('backpack', case):.0f}"
+        t_seed, note = time_seed(model, x, y, full=n <= full_seed_up_to)
+        rows.append(
+            [
+                case,
+                f"{n:,}",
+                f"{t_ours:.3f} s",
+                bp,
+                f"{t_seed:.1f} s{note}",
+                f"{t_seed / t_ours:.0f}x",
+                f"{mem_ours:.0f}",
+                mem_bp,
+                agree,
+            ]
+        )
+    print(machine())
+    print(
+        table(
+            rows,
+            [
+                "net",
+                "params",
+                "ours",
+                "BackPACK (ours/BackPACK)",
+                "seed loop",
+                "seed/ours",
+                "peak MiB ours",
+                "peak MiB BackPACK",
+                "max rel diff vs BackPACK",
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peak", nargs=2, metavar=("METHOD", "CASE"))
+    parser.add_argument(
+        "--full-seed-up-to",
+        type=int,
+        default=0,
+        help="run the whole seed loop for nets up to this many parameters",
+    )
+    args = parser.parse_args()
+    if args.peak:
+        _peak_child(*args.peak)
+    else:
+        main(args.full_seed_up_to)

@@ -1,0 +1,194 @@
+"""Signed factor columns: the pieces of a Hessian that propagation carries back.
+
+A Hessian term ``sum_c s_c v_c v_c^T`` (signs ``s_c`` of +-1 or +-1/2) is held
+as its columns ``v_c``, each a tensor with the shape of the node it sits at.
+Pulling the columns back through an op is a batch of vector-Jacobian products,
+and the term's contribution to a parameter's Hessian diagonal is
+``sum_c s_c v_c**2`` once the columns reach the parameter. Three layouts keep
+the columns small:
+
+* :class:`DenseColumns`: ``data[c]`` is column ``c``, shape ``[C, *shape]``.
+* :class:`SampleColumns`: columns that each touch one sample of a batch (dim 0
+  of the node). ``data[c, n]`` is the part of column ``(c, n)`` at sample
+  ``n``; the rest of that column is zero. ``C * N`` columns in the memory of
+  ``C``.
+* :class:`OuterColumns`: columns that are outer products, as weight
+  gradients of a matrix product are: column ``(c, n)`` is
+  ``left[c, n] (x) right[c, n]`` (transposed when ``transposed``), never
+  materialised.
+
+Example:
+    >>> import torch
+    >>> cols = DenseColumns(torch.tensor([[1.0, 2.0]]), torch.tensor([1.0]))
+    >>> leaf_diagonal([cols], (2,))
+    tensor([1., 4.])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DenseColumns:
+    """Columns ``data[c]`` (shape ``[C, *shape]``) with signs ``sign[c]``."""
+
+    data: torch.Tensor
+    sign: torch.Tensor
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        return self
+
+    def add(self, other: DenseColumns) -> DenseColumns:
+        return DenseColumns(self.data + other.data, self.sign)
+
+
+@dataclass
+class SampleColumns:
+    """Per-sample columns ``data[c, n]`` (``[C, N, *rest]``), signs ``[C, N]``."""
+
+    data: torch.Tensor
+    sign: torch.Tensor
+
+    @property
+    def samples(self) -> int:
+        return self.data.shape[1]
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        """The same ``C * N`` columns written out at full size (memory ``C N^2``)."""
+        c, n = self.data.shape[:2]
+        out = self.data.new_zeros((c, n, *shape))
+        idx = torch.arange(n, device=self.data.device)
+        out[:, idx, idx] = self.data
+        return DenseColumns(out.reshape(c * n, *shape), self.sign.reshape(c * n))
+
+    def add(self, other: SampleColumns) -> SampleColumns:
+        return SampleColumns(self.data + other.data, self.sign)
+
+
+@dataclass
+class OuterColumns:
+    """Column ``(c, n)`` is ``left[c, n] (x) right[c, n]``; ``C`` dims may be 1."""
+
+    left: torch.Tensor  # [C or 1, N, a]
+    right: torch.Tensor  # [C or 1, N, b]
+    sign: torch.Tensor  # [C, N]
+    transposed: bool = False  # column shape [b, a] instead of [a, b]
+
+    def transpose(self) -> OuterColumns:
+        return OuterColumns(self.left, self.right, self.sign, not self.transposed)
+
+    def oriented(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left, right) such that the column is ``left (x) right``."""
+        return (self.right, self.left) if self.transposed else (self.left, self.right)
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        left, right = self.oriented()
+        cols = left.unsqueeze(-1) * right.unsqueeze(-2)  # [C, N, a, b]
+        c, n = self.sign.shape
+        cols = cols.expand(c, n, *cols.shape[2:])
+        return DenseColumns(cols.reshape(c * n, *shape), self.sign.reshape(c * n))
+
+
+Columns = DenseColumns | SampleColumns | OuterColumns
+
+
+def combine(parts: list[Columns], shape: tuple[int, ...]) -> Columns:
+    """One block for the columns of one source that arrived by several paths.
+
+    The same columns reached the node along different paths, so they add
+    (before any squaring). Layouts that differ are written out densely first.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    kinds = {type(p) for p in parts}
+    if kinds == {SampleColumns} and len({p.samples for p in parts}) == 1:
+        total = parts[0]
+        for p in parts[1:]:
+            total = total.add(p)
+        return total
+    dense = [p.to_dense(shape) for p in parts]
+    total = dense[0]
+    for p in dense[1:]:
+        total = total.add(p)
+    return total
+
+
+def concatenate(blocks: list[Columns]) -> list[Columns]:
+    """Fewer, wider blocks: same-layout blocks stacked along the column axis.
+
+    Only for blocks of different sources that will travel the same path from
+    here on (their sums of squares then stay separate, as they must).
+    """
+    samples: dict[int, list[SampleColumns]] = {}
+    dense: list[DenseColumns] = []
+    rest: list[Columns] = []
+    for b in blocks:
+        if isinstance(b, SampleColumns):
+            samples.setdefault(b.samples, []).append(b)
+        elif isinstance(b, DenseColumns):
+            dense.append(b)
+        else:
+            rest.append(b)
+    out: list[Columns] = []
+    for group in samples.values():
+        if len(group) == 1:
+            out.append(group[0])
+        else:
+            out.append(
+                SampleColumns(
+                    torch.cat([b.data for b in group]),
+                    torch.cat([b.sign for b in group]),
+                )
+            )
+    if len(dense) > 1:
+        dense = [
+            DenseColumns(
+                torch.cat([b.data for b in dense]), torch.cat([b.sign for b in dense])
+            )
+        ]
+    return out + dense + rest
+
+
+def _signed(sign: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    return sign.reshape(*sign.shape, *([1] * (data.dim() - sign.dim()))) * data
+
+
+def _signed_sum(sign: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """``sum_c sign[c, ...] data[c, ...]`` as one contraction."""
+    if sign.dim() == 1:
+        return torch.tensordot(sign, data, dims=1)
+    return torch.einsum("cn,cn...->n...", sign, data)
+
+
+def _outer_diagonal(parts: list[OuterColumns]) -> torch.Tensor:
+    """``sum_{c,n} s (sum_k left_k (x) right_k)^2`` without forming a column."""
+    total = None
+    oriented = [p.oriented() for p in parts]
+    sign = parts[0].sign
+    for k, (lk, rk) in enumerate(oriented):
+        for m, (lm, rm) in enumerate(oriented):
+            if m < k:
+                continue
+            lprod, rprod = lk * lm, rk * rm
+            if lprod.shape[0] == 1:  # left does not depend on c: sum c first
+                term = lprod[0].T @ _signed_sum(sign, rprod)
+            elif rprod.shape[0] == 1:
+                term = _signed_sum(sign, lprod).T @ rprod[0]
+            else:
+                term = torch.einsum("cna,cnb->ab", _signed(sign, lprod), rprod)
+            total = term * (1 if m == k else 2) + (0 if total is None else total)
+    return total
+
+
+def leaf_diagonal(parts: list[Columns], shape: tuple[int, ...]) -> torch.Tensor:
+    """This source's share of a parameter's Hessian diagonal: ``sum_c s_c v_c^2``."""
+    if all(isinstance(p, OuterColumns) for p in parts) and len(shape) == 2:
+        if len({p.sign.shape for p in parts}) == 1:
+            return _outer_diagonal(parts)
+    block = combine(parts, shape)
+    if isinstance(block, OuterColumns):
+        block = block.to_dense(shape)
+    return _signed_sum(block.sign, block.data.square())
