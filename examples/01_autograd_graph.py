@@ -63,4 +63,5 @@ expected = (a @ w1.weight.T + w1.bias) @ w2.weight.T + w2.bias
 torch.testing.assert_close(o2, expected)
 
 path = graph.render(OUT / "linear_linear.svg")
+graph.to_html(OUT / "linear_linear.html")  # the same graph, interactive
 print("wrote", path)

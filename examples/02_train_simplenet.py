@@ -73,6 +73,7 @@ assert orders[0]["nodes"] == len(forward_graph) and orders[1]["nodes"] > 0
 assert "MseLossBackwardBackward0" in orders[1]["by_op"]
 forward_graph.render(OUT / "loss_graph.svg")
 grad_graph.render(OUT / "create_graph.svg")
+grad_graph.to_html(OUT / "create_graph.html")
 
 # target vs prediction on 100 points, and the loss curve
 x_plot = torch.linspace(-10, 10, 100).unsqueeze(1)

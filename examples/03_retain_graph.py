@@ -62,6 +62,7 @@ print("after backward without retain_graph, PowBackward0 saved:", saved)
 assert all(s["freed"] for s in saved)
 print("freed saved tensors:", freed.summary()["freed_tensors"])
 freed.render(OUT / "freed.svg")
+freed.to_html(OUT / "freed.html", show_saved=True)
 try:
     out.backward(torch.ones_like(out))
 except RuntimeError as err:

@@ -73,5 +73,6 @@ per_order = gradgraph.order_summary(expanded)
 print("nodes each pass added:", {k: v["nodes"] for k, v in per_order.items()})
 assert per_order[0]["nodes"] == len(forward_graph) and sorted(per_order) == [0, 1, 2]
 expanded.render(OUT / "expanded_orders.svg")
+expanded.to_html(OUT / "expanded_orders.html")
 print("last parameter, its direction and H v:")
 print(params[-1], vector[-1], hvp[-1], sep="\n")

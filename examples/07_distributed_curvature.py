@@ -1,4 +1,4 @@
-"""Curvature of the seed's regression loss over a whole dataset, on 1 or N processes.
+"""7. Curvature of the seed's regression loss over a whole dataset, on 1 or N processes.
 
     python examples/07_distributed_curvature.py                          # 1 process
     torchrun --nproc_per_node=2 examples/07_distributed_curvature.py     # 2 (gloo, CPU)

@@ -1,4 +1,4 @@
-"""40. Rendering: the seed's graphs as pictures people would rather look at.
+"""8. Rendering: the seed's graphs as pictures people would rather look at.
 
 The Linear -> Linear graph with named parameters; SimpleNet's loss graph in
 nested module clusters (``record_modules``) with its saved tensors; the
