@@ -239,7 +239,8 @@ def estimator_section(model, x, y, label: str, budgets: list[int]) -> str:
         "trace XTrace",
     ]
     note = (
-        f"\nexact diagonal ({ps.numel} batched HVP rows): {exact_s:.1f} s; "
+        f"\nexact diagonal ({ps.numel} entries, method "
+        f"{gradgraph.diagonal_method(loss, model)!r}): {exact_s:.1f} s; "
         f"trace = {float(trace):.6g}; relative errors (2-norm for the diagonal), "
         "seed 0\n"
     )

@@ -45,6 +45,8 @@ assert set(record.counts().values()) == {3}  # every node ran in all 3 calls
 (inp_norms,) = norms.values()
 norm = once.norm().item()
 torch.testing.assert_close(inp_norms, [norm, 2 * norm, norm])
+# the recorded runs drawn on the graph: each node ran 3 times
+record.annotated().render(OUT / "recorded.svg")
 
 kept = gradgraph.trace(out, names=names)
 print("\nThe graph, its saved buffers kept (retain_graph=True):")

@@ -231,3 +231,22 @@ def test_bad_arguments():
         record_backward(loss, times=0)
     with pytest.raises(ValueError, match="no grad_fn"):
         record_backward(torch.ones(2))
+
+
+def test_recorded_numbers_are_drawn_on_the_nodes():
+    import torch
+
+    from gradgraph import record_backward
+
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    out = (x * 3).sum()
+    record = record_backward(out, times=2, retain_graph=True)
+    graph = record.annotated()
+    dot = graph.to_dot()
+    for node, data in graph.dag.nodes(data=True):
+        assert data["runs"] == 2
+        assert f"ran 2x · step {data['step']}" in dot
+    leaf = next(n for n, d in graph.dag.nodes(data=True) if d["kind"] == "accumulate")
+    norm = graph.dag.nodes[leaf]["grad_norm"]
+    torch.testing.assert_close(norm, float(torch.full((2,), 3.0).norm()))
+    assert f"|grad| {norm:.4g}" in dot

@@ -84,7 +84,24 @@ def label(title: str, *lines: str, color: str = "") -> str:
 
 
 def node_lines(data: dict) -> tuple[str, list[str]]:
-    """Title and detail lines of the box for one node (or folded box)."""
+    """Title and detail lines of the box for one node (or folded box).
+
+    Nodes of a recorded backward (``record.annotated()``) get one more line:
+    how many times the node ran, its step in the first call that ran it, and
+    the norm of the gradient that arrived at it.
+    """
+    title, lines = _box_lines(data)
+    if data.get("runs") is not None:
+        ran = f"ran {data['runs']}x"
+        if data.get("step") is not None:
+            ran += f" · step {data['step']}"
+        if data.get("grad_norm") is not None:
+            ran += f" · |grad| {data['grad_norm']:.4g}"
+        lines = [*lines, ran]
+    return title, lines
+
+
+def _box_lines(data: dict) -> tuple[str, list[str]]:
     kind = data["kind"]
     shape = _shapes(data)
     name = data.get("name")
