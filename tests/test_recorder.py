@@ -243,7 +243,7 @@ def test_recorded_numbers_are_drawn_on_the_nodes():
     record = record_backward(out, times=2, retain_graph=True)
     graph = record.annotated()
     dot = graph.to_dot()
-    for node, data in graph.dag.nodes(data=True):
+    for _, data in graph.dag.nodes(data=True):
         assert data["runs"] == 2
         assert f"ran 2x · step {data['step']}" in dot
     leaf = next(n for n, d in graph.dag.nodes(data=True) if d["kind"] == "accumulate")
