@@ -55,7 +55,7 @@ pow_node = kept.nodes_by_op("PowBackward0")[0]
 saved = kept.dag.nodes[pow_node]["saved"]
 print("PowBackward0 saved:", saved)
 assert any(s["attr"] == "self" and not s["freed"] for s in saved)
-kept.render(OUT / "retained.svg")
+kept.render(OUT / "retained.svg", show_saved=True)  # saved buffers as notes
 
 out.backward(torch.ones_like(out))  # no retain_graph: the buffers are freed now
 freed = gradgraph.trace(out, names=names)
@@ -63,7 +63,7 @@ saved = freed.dag.nodes[freed.nodes_by_op("PowBackward0")[0]]["saved"]
 print("after backward without retain_graph, PowBackward0 saved:", saved)
 assert all(s["freed"] for s in saved)
 print("freed saved tensors:", freed.summary()["freed_tensors"])
-freed.render(OUT / "freed.svg")
+freed.render(OUT / "freed.svg", show_saved=True)
 freed.to_html(OUT / "freed.html", show_saved=True)
 try:
     out.backward(torch.ones_like(out))
