@@ -141,3 +141,28 @@ def test_demo_without_examples_says_where_it_looked(tmp_path, capsys):
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_gallery_page_loads_every_image_in_chromium(gallery):
+    """tools/browser_check.py in headless Chromium: every picture loads; the
+    screenshot lands in out/gallery.png to look at."""
+    _, out, _, sections = gallery
+    shot = Path(__file__).resolve().parent.parent / "out" / "gallery.png"
+    shot.parent.mkdir(exist_ok=True)
+    check = Path(__file__).resolve().parent.parent / "tools" / "browser_check.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(check),
+            str(out / "index.html"),
+            "--screenshot",
+            str(shot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pictures = sum(len(p) for p in sections.values())
+    assert f"{pictures} images, 0 broken" in proc.stdout
+    assert shot.stat().st_size > 10_000

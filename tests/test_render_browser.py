@@ -19,20 +19,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from gradgraph import trace
+from tools.browser_check import HEADLESS_FLAGS
 
 from .cases import mlp
 
 OUT = Path(__file__).resolve().parent.parent / "out"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,900",
-)
+FLAGS = (*HEADLESS_FLAGS, "--window-size=1400,900")
 
 
 @pytest.fixture
