@@ -216,7 +216,9 @@ def _root_node(tensor: torch.Tensor, name: str | None) -> Any:
     )
 
 
-def _walk(root_fns: list, owners: dict | None) -> tuple[list, dict, dict, dict, dict]:
+def _walk(
+    root_fns: list, owners: dict | None, names: dict | None
+) -> tuple[list, dict, dict, dict, dict]:
     """One depth-first pass that numbers nodes, reads their facts and links them.
 
     A node gets its id when first discovered (roots first, then each node's
@@ -239,7 +241,7 @@ def _walk(root_fns: list, owners: dict | None) -> tuple[list, dict, dict, dict, 
     while stack:
         u = stack.pop()
         fn = fns[u]
-        nodes[u] = node_facts(fn, owners)
+        nodes[u] = node_facts(fn, owners, names)
         su = succ[u]
         new = []
         for pos, (child, out_nr) in enumerate(fn.next_functions):
@@ -260,27 +262,40 @@ def _walk(root_fns: list, owners: dict | None) -> tuple[list, dict, dict, dict, 
     return fns, index, nodes, succ, pred
 
 
-def _apply_names(fns: list, index: dict, names: Names, attrs: dict) -> None:
-    """Name AccumulateGrad nodes by their variable, other nodes by ``names=``."""
-    found: set[int] = set()
-    if names.by_id:
-        for node, fn in enumerate(fns):
-            if attrs[node]["kind"] == ACCUMULATE:
-                key = id(fn.variable)
-                if key in names.by_id:
-                    attrs[node]["name"] = attrs[node]["label"] = names.by_id[key]
-                    found.add(key)
-                    if key in names.strict:  # named via names=: an input
-                        attrs[node]["input"] = True
-        for key in names.strict - found:
-            tensor = names.tensors[key]
-            node = index.get(tensor.grad_fn) if tensor.grad_fn is not None else None
-            if node is None:
-                raise ValueError(
-                    f"names= gives {names.by_id[key]!r} to a tensor that is not in the "
-                    "traced graph; name only tensors the outputs depend on."
-                )
+def _apply_strict_names(fns: list, index: dict, names: Names, attrs: dict) -> None:
+    """Check and finish the names given through ``names=``.
+
+    :func:`node_facts` already named the AccumulateGrad nodes; here a named leaf
+    is marked as an ``input`` and a named intermediate names its grad_fn node.
+    """
+    for key in names.strict:
+        tensor = names.tensors[key]
+        if tensor.grad_fn is not None:
+            node = index.get(tensor.grad_fn)
+        elif tensor.requires_grad:
+            node = _accumulate_node(fns, index, tensor)
+        else:
+            node = None
+        if node is None:
+            raise ValueError(
+                f"names= gives {names.by_id[key]!r} to a tensor that is not in the "
+                "traced graph; name only tensors the outputs depend on."
+            )
+        if tensor.grad_fn is None:
+            attrs[node]["input"] = True
+        elif attrs[node]["name"] is None:
             attrs[node]["name"] = names.by_id[key]
+
+
+def _accumulate_node(fns: list, index: dict, leaf: torch.Tensor) -> int | None:
+    """The id of ``leaf``'s AccumulateGrad node in the walk, if it has one."""
+    try:
+        return index.get(torch.autograd.graph.get_gradient_edge(leaf).node)
+    except (NotImplementedError, RuntimeError):  # e.g. sparse leaves: search
+        for node, fn in enumerate(fns):
+            if getattr(fn, "variable", None) is leaf:
+                return node
+        return None
 
 
 def trace(
@@ -325,8 +340,8 @@ def trace(
     root_fns = [_root_node(t, name) for name, t in flat]
     with _gc_paused():
         owners = user_names.storage_owners() if user_names.tensors else None
-        fns, index, nodes, succ, pred = _walk(root_fns, owners)
-        _apply_names(fns, index, user_names, nodes)
+        fns, index, nodes, succ, pred = _walk(root_fns, owners, user_names.by_id)
+        _apply_strict_names(fns, index, user_names, nodes)
         if modules is not None:
             _apply_modules(fns, nodes, modules)
         roots, outputs_info = _mark_roots(flat, root_fns, index, nodes)

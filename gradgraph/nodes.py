@@ -81,14 +81,18 @@ def _tensor_fact(attr: str, tensor: Any, owners: dict | None) -> dict:
     reported as ``packed`` (the type the pack hook returned), never unpacked.
     Equal facts of strided tensors are one shared dict (treat them as read-only):
     a graph saves the same attr/shape/dtype over and over, and a dict costs ~180
-    bytes.
+    bytes. ``owners`` is :meth:`gradgraph.naming.Names.storage_owners`.
     """
     if tensor is None:
         key: tuple = (attr,)
     elif not isinstance(tensor, torch.Tensor):
         return {"attr": attr, "freed": False, "packed": type(tensor).__name__}
     elif tensor.layout is torch.strided:
-        owner = owners.get((tensor.data_ptr(), tensor.numel())) if owners else None
+        owner = None
+        if owners:
+            sizes = owners.get(tensor.data_ptr())
+            if sizes is not None:
+                owner = sizes.get(tensor.numel())
         key = (attr, tensor.shape, tensor.dtype, owner)
     else:  # sparse and other layouts: nbytes is not a function of the shape
         return _new_fact(attr, tensor, None)
@@ -141,30 +145,39 @@ def saved_facts(
     of what the pack hook returned); values the op did not need (undefined) are
     left out. After backward a custom Function gives one freed ``tensors`` entry
     (torch no longer tells how many tensors it saved, or whether any).
-    ``owners`` maps (data_ptr, numel) of named tensors to their names, so a
-    saved weight says which parameter it is.
+    ``owners`` (from :meth:`gradgraph.naming.Names.storage_owners`) finds the
+    name of a saved named tensor or view of one, so a saved weight says which
+    parameter it is.
     """
     facts = []
+    live = False  # whether any value is still held: then the node was not released
+    missing = []  # (position, label, attr) of values whose .data is None
     for attr, full in attrs:
         try:
             raw = getattr(fn, full)
         except RuntimeError:  # a custom Function's tensors, after backward
             facts.append({"attr": attr, "freed": True})
             continue
-        if raw.__class__ is not list and raw.__class__ is not tuple:
-            data = raw.data
-            if data is not None or _freed(fn, attr):
-                facts.append(_tensor_fact(attr, data, owners))
-            continue
-        freed = None
-        for i, item in enumerate(raw):  # a saved list of tensors
-            data = item.data
+        if raw.__class__ is list or raw.__class__ is tuple:  # a saved list
+            items = [(f"{attr}[{i}]", item.data) for i, item in enumerate(raw)]
+        else:
+            items = ((attr, raw.data),)
+        for label, data in items:
             if data is None:
-                if freed is None:
-                    freed = _freed(fn, attr)
-                if not freed:
-                    continue
-            facts.append(_tensor_fact(f"{attr}[{i}]", data, owners))
+                missing.append((len(facts), label, attr))
+            else:
+                live = True
+                facts.append(_tensor_fact(label, data, owners))
+    # backward releases all of a node's values at once: if one is still held,
+    # the missing ones were never saved; else ask each (a never-saved value
+    # reads as None, a released one raises)
+    if missing and not live:
+        freed = {attr: _freed(fn, attr) for _, _, attr in missing}
+        shift = 0
+        for position, label, attr in missing:
+            if freed[attr]:
+                facts.insert(position + shift, _tensor_fact(label, None, owners))
+                shift += 1
     return tuple(facts)
 
 
@@ -184,20 +197,25 @@ def output_metadata(fn: Any) -> tuple[tuple[tuple[int, ...], ...], str | None]:
     return shapes, dtype_name(metas[0].dtype)
 
 
-def node_facts(fn: Any, owners: dict | None = None) -> dict:
+def node_facts(fn: Any, owners: dict | None = None, names: dict | None = None) -> dict:
     """The attribute dict gradgraph stores for one grad_fn node.
 
-    Keys: ``op``, ``kind``, ``label``, ``name`` (None until naming fills it),
-    ``shape``, ``dtype``, ``seq_nr`` (None for AccumulateGrad, whose sequence
-    number is the 2**64-1 sentinel), ``saved`` (tuple of dicts) and ``order``
-    (derivative order; None until expansion fills it). A node whose forward op
-    has several outputs also has ``shapes``.
+    Keys: ``op``, ``kind``, ``label``, ``name``, ``shape``, ``dtype``,
+    ``seq_nr`` (None for AccumulateGrad, whose sequence number is the 2**64-1
+    sentinel), ``saved`` (tuple of dicts) and ``order`` (derivative order; None
+    until expansion fills it). A node whose forward op has several outputs also
+    has ``shapes``. ``names`` maps ``id(tensor)`` to a name: an AccumulateGrad
+    node of a named variable gets it as ``name`` and ``label``; other names are
+    filled in by :func:`gradgraph.trace`.
 
     This runs once per node of every trace, so it is written for speed: per-class
-    facts come from a cache and the common one-output case is inlined.
+    facts come from a cache, the common one-output case is inlined, and an
+    AccumulateGrad node reads its variable (cheaper than ``_input_metadata``).
     """
     cls = fn.__class__
     facts = _CLASS_FACTS.get(cls) or class_facts(cls)
+    if facts.is_accumulate:
+        return _accumulate_facts(fn, facts.op, names)
     try:
         metas = fn._input_metadata
     except (AttributeError, RuntimeError):  # Python-defined nodes may lack it
@@ -212,15 +230,14 @@ def node_facts(fn: Any, owners: dict | None = None) -> dict:
     else:
         shapes, dtype = output_metadata(fn)
         shape = shapes[0] if shapes else None
-    acc = facts.is_accumulate
     attrs = {
         "op": facts.op,
-        "kind": ACCUMULATE if acc else OP,
+        "kind": OP,
         "label": facts.op,
         "name": None,
         "shape": shape,
         "dtype": dtype,
-        "seq_nr": None if acc else fn._sequence_nr(),
+        "seq_nr": fn._sequence_nr(),
         "saved": saved_facts(fn, facts.saved_attrs, owners)
         if facts.saved_attrs
         else (),
@@ -229,3 +246,29 @@ def node_facts(fn: Any, owners: dict | None = None) -> dict:
     if shapes is not None and len(shapes) > 1:
         attrs["shapes"] = shapes
     return attrs
+
+
+def _accumulate_facts(fn: Any, op: str, names: dict | None) -> dict:
+    """:func:`node_facts` of an AccumulateGrad node: its variable's facts."""
+    var = fn.variable
+    try:
+        shape = var.shape
+    except RuntimeError:  # nested tensors have no single shape
+        shapes, dtype = output_metadata(fn)
+        shape = shapes[0] if shapes else None
+    else:
+        shape = _SHAPES.get(shape) or shared_shape(shape)
+        dtype = var.dtype
+        dtype = _DTYPES.get(dtype) or dtype_name(dtype)
+    name = names.get(id(var)) if names else None
+    return {
+        "op": op,
+        "kind": ACCUMULATE,
+        "label": name or op,
+        "name": name,
+        "shape": shape,
+        "dtype": dtype,
+        "seq_nr": None,
+        "saved": (),
+        "order": None,
+    }
