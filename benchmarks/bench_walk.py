@@ -30,48 +30,20 @@ def bare_walk(root) -> int:
     return len(seen)
 
 
-def structure_walk(root) -> list:
-    """The same walk that also numbers nodes and lists edges: structure, no facts."""
-    index = {root: 0}
-    stack = [root]
-    edges = []
-    while stack:
-        fn = stack.pop()
-        u = index[fn]
-        for pos, (child, _) in enumerate(fn.next_functions):
-            if child is None:
-                continue
-            v = index.get(child)
-            if v is None:
-                v = index[child] = len(index)
-                stack.append(child)
-            edges.append((u, v, pos))
-    return edges
+def structure_walk(root, reads: bool = False) -> list:
+    """The same walk that also numbers nodes and lists edges: structure, no facts.
 
-
-def reads_walk(root) -> list:
-    """The structure walk plus every torch read trace() needs, storing nothing.
-
-    Per node: the output shape and dtype (``_input_metadata``, or the variable
-    of an AccumulateGrad), ``_sequence_nr()``, and for each ``_raw_saved_*``
-    value its ``.data`` shape, dtype and pointer. This is the floor for any
-    walker that gets its facts through torch's Python bindings.
+    With ``reads=True`` it also makes every torch read trace() needs (see
+    :func:`torch_reads`), storing nothing: the floor for any walker that gets
+    its facts through torch's Python bindings.
     """
     index = {root: 0}
     stack = [root]
     edges = []
     while stack:
         fn = stack.pop()
-        if fn.__class__.__name__ == "AccumulateGrad":
-            var = fn.variable
-            var.shape, var.dtype, id(var)
-        else:
-            meta = fn._input_metadata[0]
-            tuple(meta.shape), meta.dtype, fn._sequence_nr()
-            for attr in SAVED.get(fn.__class__) or saved_attrs(fn.__class__):
-                data = getattr(fn, attr).data
-                if data is not None:
-                    data.shape, data.dtype, data.data_ptr()
+        if reads:
+            torch_reads(fn)
         u = index[fn]
         for pos, (child, _) in enumerate(fn.next_functions):
             if child is None:
@@ -82,6 +54,22 @@ def reads_walk(root) -> list:
                 stack.append(child)
             edges.append((u, v, pos))
     return edges
+
+
+def torch_reads(fn) -> None:
+    """Read a node's output shape and dtype (``_input_metadata``, or the variable
+    of an AccumulateGrad), ``_sequence_nr()``, and each ``_raw_saved_*`` value's
+    ``.data`` shape, dtype and pointer."""
+    if fn.__class__.__name__ == "AccumulateGrad":
+        var = fn.variable
+        var.shape, var.dtype, id(var)
+        return
+    meta = fn._input_metadata[0]
+    tuple(meta.shape), meta.dtype, fn._sequence_nr()
+    for attr in SAVED.get(fn.__class__) or saved_attrs(fn.__class__):
+        data = getattr(fn, attr).data
+        if data is not None:
+            data.shape, data.dtype, data.data_ptr()
 
 
 SAVED: dict = {}
@@ -121,7 +109,7 @@ def main() -> None:
         n = bare_walk(out.grad_fn)
         bare = best_of(lambda out=out: bare_walk(out.grad_fn), 7)
         shape = best_of(lambda out=out: structure_walk(out.grad_fn), 7)
-        reads = best_of(lambda out=out: reads_walk(out.grad_fn), 7)
+        reads = best_of(lambda out=out: structure_walk(out.grad_fn, reads=True), 7)
         ours = best_of(lambda out=out, mod=mod: trace(out, model=mod), 7)
         rows.append(
             [name, n]
