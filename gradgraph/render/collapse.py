@@ -14,21 +14,27 @@ The rule (every step merges groups of nodes into one box):
    named nodes are never folded into a chain; module boxes chain with sibling
    modules (same parent module).
 3. ``collapse=True`` (or ``"all"``) does 1 then 2.
-4. ``max_nodes=N`` (only when the graph has more than N nodes) folds to fit
-   the budget, using it rather than folding as far as it can. It walks the
-   levels: the graph itself, then modules folded at shallower and shallower
-   depth (``encoder.layer.3`` -> ``encoder.layer`` -> ``encoder``). At the
-   first level whose chains, each folded whole, give at most N boxes, it cuts
-   each chain into pieces of at most ``P`` nodes (from the forward end; a
-   piece of one node stays as it is), with ``P`` the smallest size that gives
-   at most N boxes; a piece of sibling module boxes is labelled by its span,
-   ``encoder.0–49 (50 modules)``. If that still leaves fewer than N/4 boxes
-   (folding modules one level shallower dropped far below N), it goes back
-   one level and merges runs of consecutive sibling modules (same parent,
-   children in natural order of their names: ``2`` before ``10``) into boxes
-   ``encoder.0–49 (50 modules)``, each run as long as needed to fit N. If no
-   level fits, it keeps the N-1 boxes first in walk order of the coarsest
-   level and merges the rest into one ``+M more nodes`` box.
+4. ``max_nodes=N``: when the result of 1 (if asked) has more than N nodes,
+   it folds to use the budget, not as far as it can, ending with between
+   about N/4 and N boxes (chains are then cut as below, not folded whole). It
+   walks the levels: the graph itself, then modules folded at shallower and
+   shallower depth (``encoder.layer.3`` -> ``encoder.layer`` -> ``encoder``).
+   At the first level whose chains, each folded whole, leave at most N boxes,
+   it cuts each chain into pieces of at most ``P`` nodes from its forward end,
+   ``P`` the smallest size that leaves at most N boxes (a piece of one node
+   stays a node). A chain of module boxes that repeats a pattern (Linear,
+   Tanh, Linear, Tanh...) is cut into whole repeats when that still leaves N/4
+   boxes or more. A piece of sibling module boxes is labelled by its span,
+   ``encoder.0–49 (50 modules)``.
+5. If that leaves fewer than N/4 boxes (folding modules one level shallower
+   dropped far below N, e.g. thousands of parallel branches of one
+   container), it goes back one level and instead merges runs of consecutive
+   sibling modules (same parent; names in natural order, ``2`` before
+   ``10``) into boxes ``branch.0–44 (45 modules)``, runs as short as N allows.
+6. If no level fits in N boxes, it merges runs of top-level modules the same
+   way if that fits, else keeps the N-1 boxes first in walk order (chains
+   folded whole, top-level modules) and merges the rest into one
+   ``+M more nodes`` box.
 
 Each step is a quotient: a box has an edge to another box whenever one of its
 nodes had an edge to one of the other's, so every path of the original graph is
@@ -103,26 +109,26 @@ def _collapse(graph: GradGraph, steps: tuple, max_nodes: int | None, min_chain: 
         out = fold_modules(out, depth=None)
     if max_nodes is None or len(out) <= max_nodes:
         return fold_chains(out, min_chain) if "chains" in steps else out
-    return fold_to_budget(out, max_nodes, min_chain)
+    return _fold_to_budget(out, max_nodes, min_chain)
 
 
-def fold_to_budget(graph: GradGraph, max_nodes: int, min_chain: int = 3) -> GradGraph:
-    """Fold to at most ``max_nodes`` boxes, using the budget (rule 4 above)."""
+def _fold_to_budget(graph: GradGraph, max_nodes: int, min_chain: int = 3) -> GradGraph:
+    """Fold to at most ``max_nodes`` boxes, using the budget (rules 4-6 above)."""
     floor = -(-max_nodes // 4)
     depth = max((_depth(m) for m in _modules(graph.dag)), default=0)
     finer, level = None, graph
     while True:
-        fitted = fit_chains(level, max_nodes, min_chain)
+        fitted = _fit_chains(level, max_nodes, min_chain)
         if fitted is not None:
             if len(fitted) >= floor or finer is None:
                 return fitted
-            runs = fold_sibling_runs(finer, depth + 1, max_nodes)
+            runs = _fold_sibling_runs(finer, depth + 1, max_nodes)
             return runs if runs is not None and len(runs) > len(fitted) else fitted
         if depth == 0:
             break
         finer, level = level, fold_modules(level, depth)
         depth -= 1
-    runs = fold_sibling_runs(level, 0, max_nodes)  # top-level modules side by side
+    runs = _fold_sibling_runs(level, 0, max_nodes)  # top-level modules side by side
     if runs is not None:
         return runs
     return fold_rest(fold_chains(level, min_chain), max_nodes)
@@ -219,7 +225,7 @@ def _chain_key(data: dict) -> tuple | None:
     return None
 
 
-def maximal_chains(graph: GradGraph, min_chain: int = 3) -> list[list[int]]:
+def _maximal_chains(graph: GradGraph, min_chain: int = 3) -> list[list[int]]:
     """The maximal linear chains of rule 2 with at least ``min_chain`` nodes,
     each listed from the root side (the end of the forward pass) down."""
     dag = graph.dag
@@ -257,11 +263,11 @@ def fold_chains(
     With ``piece``, a longer chain becomes several boxes of at most ``piece``
     nodes, cut from its forward end (a piece of one node stays a node).
     """
-    chains = maximal_chains(graph, min_chain)
+    chains = _maximal_chains(graph, min_chain)
     return _fold_chain_list(graph, chains, [piece] * len(chains))
 
 
-def fit_chains(
+def _fit_chains(
     graph: GradGraph, max_nodes: int, min_chain: int = 3
 ) -> GradGraph | None:
     """Fold chains into pieces as small as ``max_nodes`` boxes allow; None if
@@ -270,7 +276,7 @@ def fit_chains(
     A chain that repeats a pattern (Linear, LayerNorm, Tanh, Linear...) is cut
     into whole repeats when that still uses a quarter of the budget or more.
     """
-    chains = maximal_chains(graph, min_chain)
+    chains = _maximal_chains(graph, min_chain)
     lengths = [len(c) for c in chains]
     fixed = len(graph) - sum(lengths)
     if fixed + len(chains) > max_nodes:
@@ -384,7 +390,7 @@ def fold_modules(graph: GradGraph, depth: int | None = None) -> GradGraph:
     return _quotient(graph, group, boxes)
 
 
-def fold_sibling_runs(
+def _fold_sibling_runs(
     graph: GradGraph, parent_depth: int, max_nodes: int
 ) -> GradGraph | None:
     """Merge runs of consecutive sibling modules (children of the modules of
