@@ -284,18 +284,26 @@ def _fit_chains(
     periods = [_period(graph.dag, chain) for chain in chains]
     for steps in (periods, [1] * len(chains)):
         units = [-(-n // p) for n, p in zip(lengths, steps, strict=True)]
-        low, high = 1, max(units, default=1)  # pieces of `high` units fit
-        while low < high:
-            mid = (low + high) // 2
-            if fixed + sum(-(-u // mid) for u in units) <= max_nodes:
-                high = mid
-            else:
-                low = mid + 1
-        pieces = [low * p for p in steps]
+        size = _smallest_group(units, max_nodes - fixed)
+        pieces = [size * p for p in steps]
         boxes = fixed + sum(-(-n // k) for n, k in zip(lengths, pieces, strict=True))
         if boxes * 4 >= max_nodes:
             break
     return _fold_chain_list(graph, chains, pieces)
+
+
+def _smallest_group(counts: list[int], budget: int) -> int:
+    """The smallest ``k`` for which cutting each count into groups of at most
+    ``k`` gives at most ``budget`` groups (``k = max(counts)`` gives one each,
+    which the callers know fits)."""
+    low, high = 1, max(counts, default=1)
+    while low < high:
+        mid = (low + high) // 2
+        if sum(-(-n // mid) for n in counts) <= budget:
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 def _period(dag: nx.DiGraph, chain: list[int], longest: int = 16) -> int:
@@ -414,13 +422,7 @@ def _fold_sibling_runs(
     fixed = len(graph) - inside
     if not children or fixed + len(sizes) > max_nodes:
         return None
-    low, high = 1, max(sizes)  # runs of high fit; find the shortest that fit
-    while low < high:
-        mid = (low + high) // 2
-        if fixed + sum(-(-n // mid) for n in sizes) <= max_nodes:
-            high = mid
-        else:
-            low = mid + 1
+    low = _smallest_group(sizes, max_nodes - fixed)
     group: dict[int, int] = {}
     boxes: dict[int, dict] = {}
     for kids in children.values():
