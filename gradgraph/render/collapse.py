@@ -14,10 +14,26 @@ The rule (every step merges groups of nodes into one box):
    named nodes are never folded into a chain; module boxes chain with sibling
    modules (same parent module).
 3. ``collapse=True`` (or ``"all"``) does 1 then 2.
-4. ``max_nodes=N``: while the result has more than N boxes, fold chains, then
-   modules at shallower and shallower depth (``encoder.layer.3`` ->
-   ``encoder.layer`` -> ``encoder``), folding chains after each; if it is still
-   above N, keep the N-1 boxes first in walk order and merge the rest into one
+4. ``max_nodes=N``: when the result of 1 (if asked) has more than N nodes,
+   it folds to use the budget, not as far as it can, ending with between
+   about N/4 and N boxes (chains are then cut as below, not folded whole). It
+   walks the levels: the graph itself, then modules folded at shallower and
+   shallower depth (``encoder.layer.3`` -> ``encoder.layer`` -> ``encoder``).
+   At the first level whose chains, each folded whole, leave at most N boxes,
+   it cuts each chain into pieces of at most ``P`` nodes from its forward end,
+   ``P`` the smallest size that leaves at most N boxes (a piece of one node
+   stays a node). A chain of module boxes that repeats a pattern (Linear,
+   Tanh, Linear, Tanh...) is cut into whole repeats when that still leaves N/4
+   boxes or more. A piece of sibling module boxes is labelled by its span,
+   ``encoder.0–49 (50 modules)``.
+5. If that leaves fewer than N/4 boxes (folding modules one level shallower
+   dropped far below N, e.g. thousands of parallel branches of one
+   container), it goes back one level and instead merges runs of consecutive
+   sibling modules (same parent; names in natural order, ``2`` before
+   ``10``) into boxes ``branch.0–44 (45 modules)``, runs as short as N allows.
+6. If no level fits in N boxes, it merges runs of top-level modules the same
+   way if that fits, else keeps the N-1 boxes first in walk order (chains
+   folded whole, top-level modules) and merges the rest into one
    ``+M more nodes`` box.
 
 Each step is a quotient: a box has an edge to another box whenever one of its
@@ -91,18 +107,31 @@ def _collapse(graph: GradGraph, steps: tuple, max_nodes: int | None, min_chain: 
     out = graph
     if "modules" in steps:
         out = fold_modules(out, depth=None)
-    if "chains" in steps:
-        out = fold_chains(out, min_chain)
     if max_nodes is None or len(out) <= max_nodes:
-        return out
-    out = fold_chains(out, min_chain)
-    depth = max((_depth(m) for m in _modules(out.dag)), default=0)
-    while len(out) > max_nodes and depth > 0:
-        out = fold_chains(fold_modules(out, depth), min_chain)
+        return fold_chains(out, min_chain) if "chains" in steps else out
+    return _fold_to_budget(out, max_nodes, min_chain)
+
+
+def _fold_to_budget(graph: GradGraph, max_nodes: int, min_chain: int = 3) -> GradGraph:
+    """Fold to at most ``max_nodes`` boxes, using the budget (rules 4-6 above)."""
+    floor = -(-max_nodes // 4)
+    depth = max((_depth(m) for m in _modules(graph.dag)), default=0)
+    finer, level = None, graph
+    while True:
+        fitted = _fit_chains(level, max_nodes, min_chain)
+        if fitted is not None:
+            if len(fitted) >= floor or finer is None:
+                return fitted
+            runs = _fold_sibling_runs(finer, depth + 1, max_nodes)
+            return runs if runs is not None and len(runs) > len(fitted) else fitted
+        if depth == 0:
+            break
+        finer, level = level, fold_modules(level, depth)
         depth -= 1
-    if len(out) > max_nodes:
-        out = fold_rest(out, max_nodes)
-    return out
+    runs = _fold_sibling_runs(level, 0, max_nodes)  # top-level modules side by side
+    if runs is not None:
+        return runs
+    return fold_rest(fold_chains(level, min_chain), max_nodes)
 
 
 def _depth(module: str) -> int:
@@ -196,8 +225,9 @@ def _chain_key(data: dict) -> tuple | None:
     return None
 
 
-def fold_chains(graph: GradGraph, min_chain: int = 3) -> GradGraph:
-    """Merge maximal linear chains of at least ``min_chain`` foldable nodes."""
+def _maximal_chains(graph: GradGraph, min_chain: int = 3) -> list[list[int]]:
+    """The maximal linear chains of rule 2 with at least ``min_chain`` nodes,
+    each listed from the root side (the end of the forward pass) down."""
     dag = graph.dag
     roots = set(graph.roots)
     key = {
@@ -213,26 +243,120 @@ def fold_chains(graph: GradGraph, min_chain: int = 3) -> GradGraph:
             if v in key and len(pred[v]) == 1 and key[v] == key[u] and v != u:
                 link[u] = v
     linked_to = set(link.values())
-    group: dict[int, int] = {}
-    boxes: dict[int, dict] = {}
+    chains = []
     for head in sorted(link):
         if head in linked_to:
             continue
         chain = [head]
         while chain[-1] in link:
             chain.append(link[chain[-1]])
-        if len(chain) < min_chain:
-            continue
-        items = [(n, dag._node[n]) for n in chain]
-        rep = min(chain)  # a box's id is its smallest member, so min(chain) is too
-        first, last = items[0][1], items[-1][1]
-        label = f"{_short(last)} … {_short(first)}"  # forward order
-        module = first.get("module")
-        if first["kind"] == "module":  # a chain of sibling modules
-            module = module.rsplit(".", 1)[0] if "." in module else None
-        boxes[rep] = _box("chain", items, label, module=module)
-        group.update(dict.fromkeys(chain, rep))
+        if len(chain) >= min_chain:
+            chains.append(chain)
+    return chains
+
+
+def fold_chains(
+    graph: GradGraph, min_chain: int = 3, piece: int | None = None
+) -> GradGraph:
+    """Merge maximal linear chains of at least ``min_chain`` foldable nodes.
+
+    With ``piece``, a longer chain becomes several boxes of at most ``piece``
+    nodes, cut from its forward end (a piece of one node stays a node).
+    """
+    chains = _maximal_chains(graph, min_chain)
+    return _fold_chain_list(graph, chains, [piece] * len(chains))
+
+
+def _fit_chains(
+    graph: GradGraph, max_nodes: int, min_chain: int = 3
+) -> GradGraph | None:
+    """Fold chains into pieces as small as ``max_nodes`` boxes allow; None if
+    even whole chains leave more than ``max_nodes`` boxes.
+
+    A chain that repeats a pattern (Linear, LayerNorm, Tanh, Linear...) is cut
+    into whole repeats when that still uses a quarter of the budget or more.
+    """
+    chains = _maximal_chains(graph, min_chain)
+    lengths = [len(c) for c in chains]
+    fixed = len(graph) - sum(lengths)
+    if fixed + len(chains) > max_nodes:
+        return None
+    periods = [_period(graph.dag, chain) for chain in chains]
+    for steps in (periods, [1] * len(chains)):
+        units = [-(-n // p) for n, p in zip(lengths, steps, strict=True)]
+        size = _smallest_group(units, max_nodes - fixed)
+        pieces = [size * p for p in steps]
+        boxes = fixed + sum(-(-n // k) for n, k in zip(lengths, pieces, strict=True))
+        if boxes * 4 >= max_nodes:
+            break
+    return _fold_chain_list(graph, chains, pieces)
+
+
+def _smallest_group(counts: list[int], budget: int) -> int:
+    """The smallest ``k`` for which cutting each count into groups of at most
+    ``k`` gives at most ``budget`` groups (``k = max(counts)`` gives one each,
+    which the callers know fits)."""
+    low, high = 1, max(counts, default=1)
+    while low < high:
+        mid = (low + high) // 2
+        if sum(-(-n // mid) for n in counts) <= budget:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def _period(dag: nx.DiGraph, chain: list[int], longest: int = 16) -> int:
+    """The shortest repeat of the ops in a chain of module boxes (1 if none)."""
+    if dag._node[chain[0]]["kind"] != "module":
+        return 1
+    forward = [tuple(dag._node[n]["ops"].items()) for n in reversed(chain)]
+    for period in range(1, min(longest, len(forward) // 2) + 1):
+        if all(forward[i] == forward[i - period] for i in range(period, len(forward))):
+            return period
+    return 1
+
+
+def _fold_chain_list(
+    graph: GradGraph, chains: list, pieces: list[int | None]
+) -> GradGraph:
+    """Fold each chain into boxes of at most its ``pieces`` entry (None: whole)."""
+    dag = graph.dag
+    group: dict[int, int] = {}
+    boxes: dict[int, dict] = {}
+    for chain, piece in zip(chains, pieces, strict=True):
+        forward = chain[::-1]
+        step = piece or len(forward)
+        for start in range(0, len(forward), step):
+            part = forward[start : start + step]
+            if len(part) < 2:
+                continue
+            rep = min(part)  # a box's id is its smallest member, so min(part) is too
+            boxes[rep] = _chain_box([(n, dag._node[n]) for n in part])
+            group.update(dict.fromkeys(part, rep))
     return _quotient(graph, group, boxes)
+
+
+def _chain_box(items: list[tuple[int, dict]]) -> dict:
+    """A box for a chain ``items`` listed in forward order."""
+    first, last = items[0][1], items[-1][1]
+    if first["kind"] == "module":  # a chain of sibling modules
+        names = [d["module"] for _, d in items]
+        parent = names[0].rsplit(".", 1)[0] if "." in names[0] else None
+        return _box("chain", items[::-1], _span(names), module=parent)
+    label = f"{_short(first)} … {_short(last)}"  # forward order
+    return _box("chain", items[::-1], label, module=first.get("module"))
+
+
+def _span(names: list[str]) -> str:
+    """``encoder.0–49 (50 modules)`` for sibling modules listed in order
+    (``encoder … head (2 modules)`` when the names are not numbered 0, 1...)."""
+    parts = [n.rsplit(".", 1)[-1] for n in names]
+    numbered = all(p.isdigit() for p in parts) and [int(p) for p in parts] == list(
+        range(int(parts[0]), int(parts[0]) + len(parts))
+    )
+    dash = "–" if numbered else " … "
+    return f"{names[0]}{dash}{parts[-1]} ({len(names)} modules)"
 
 
 def _short(data: dict) -> str:
@@ -272,6 +396,54 @@ def fold_modules(graph: GradGraph, depth: int | None = None) -> GradGraph:
         boxes[nodes[0]] = box
         group.update(dict.fromkeys(nodes, nodes[0]))
     return _quotient(graph, group, boxes)
+
+
+def _fold_sibling_runs(
+    graph: GradGraph, parent_depth: int, max_nodes: int
+) -> GradGraph | None:
+    """Merge runs of consecutive sibling modules (children of the modules of
+    ``parent_depth`` parts; 0: top-level modules) into boxes, runs as short as
+    ``max_nodes`` boxes allow; None if one run per parent is still too many.
+    """
+    dag = graph.dag
+    known = _modules(dag)
+    children: dict[str, dict[str, list[int]]] = {}
+    for node, data in dag._node.items():
+        module = data.get("module")
+        if not module and data["kind"] == "accumulate":
+            module = parameter_module(data.get("name"), known)
+        if module and _depth(module) > parent_depth:
+            parts = module.split(".")
+            parent = ".".join(parts[:parent_depth])
+            child = ".".join(parts[: parent_depth + 1])
+            children.setdefault(parent, {}).setdefault(child, []).append(node)
+    sizes = [len(kids) for kids in children.values()]
+    inside = sum(len(nodes) for kids in children.values() for nodes in kids.values())
+    fixed = len(graph) - inside
+    if not children or fixed + len(sizes) > max_nodes:
+        return None
+    low = _smallest_group(sizes, max_nodes - fixed)
+    group: dict[int, int] = {}
+    boxes: dict[int, dict] = {}
+    for kids in children.values():
+        ordered = sorted(kids, key=_natural)
+        for start in range(0, len(ordered), low):
+            run = ordered[start : start + low]
+            nodes = sorted(n for child in run for n in kids[child])
+            if len(nodes) == 1:
+                continue
+            items = [(n, dag._node[n]) for n in nodes]
+            module = _span(run) if len(run) > 1 else run[0]
+            box = _box("module", items, "", module=module)
+            box["label"] = box["op"] = f"{module} · {len(box['members']):,} nodes"
+            boxes[nodes[0]] = box
+            group.update(dict.fromkeys(nodes, nodes[0]))
+    return _quotient(graph, group, boxes)
+
+
+def _natural(name: str) -> tuple:
+    """Sort key: ``layer.2`` before ``layer.10``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
 
 
 def fold_rest(graph: GradGraph, max_nodes: int) -> GradGraph:

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import graphviz
@@ -114,10 +115,35 @@ def _box_lines(data: dict) -> tuple[str, list[str]]:
         if kind == "chain":
             size = f"chain of {size}"
         title = data["module"] if kind == "module" else data["label"]
-        return title, [f"{size} · {shape}"]
+        return title, [f"{size} · {shape}", ops_line(data["ops"])]
     if name:
         return name, [f"{data['op']} · {shape}"]
     return data["op"], [shape]
+
+
+def ops_line(ops: dict[str, int], most: int = 4) -> str:
+    """What a folded box holds: its commonest ops and its parameter count.
+
+    Example:
+        >>> ops_line({"AddmmBackward0": 4, "TanhBackward0": 4, "AccumulateGrad": 8})
+        'Addmm ×4 · Tanh ×4 · 8 params'
+    """
+    counts = sorted(
+        (
+            (-n, _BACKWARD.sub("", op))
+            for op, n in ops.items()
+            if op != "AccumulateGrad"
+        ),
+    )
+    parts = [f"{op} ×{-n:,}" for n, op in counts[:most]]
+    if len(counts) > most:
+        parts.append(f"+{len(counts) - most} more ops")
+    if ops.get("AccumulateGrad"):
+        parts.append(f"{ops['AccumulateGrad']:,} params")
+    return " · ".join(parts)
+
+
+_BACKWARD = re.compile(r"Backward\d*$")
 
 
 def _shapes(data: dict) -> str:
