@@ -32,7 +32,9 @@ import torch
 from ..graph import trace
 from ..nodes import ACCUMULATE_OP
 from .curvature_columns import Columns, combine, concatenate, leaf_diagonal
-from .curvature_rules import RULES, OpContext, UnsupportedOpError
+from .curvature_rules import RULES as ELEMENTARY_RULES
+from .curvature_rules import OpContext, UnsupportedOpError
+from .curvature_spatial import SPATIAL_RULES
 from .params import ParamSet, as_params, check_scalar_loss
 
 __all__ = [
@@ -43,6 +45,9 @@ __all__ = [
     "propagated_hessian_diagonal",
     "unsupported_ops",
 ]
+
+
+RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES}
 
 
 class _Plan:
@@ -111,12 +116,13 @@ class _Plan:
             if rule is None:
                 missing.add(op)
                 continue
-            flows = []
+            flows, bits = [], []
             for child, out_nr in fn.next_functions:
-                flows.append(child is not None and bool(self.reach[self.index[child]]))
+                bits.append(0 if child is None else self.reach[self.index[child]])
+                flows.append(bool(bits[-1]))
                 if flows[-1] and out_nr != 0:
                     missing.add(f"{type(child).__name__} (output {out_nr} of several)")
-            reason = rule.refuses(fn, flows)
+            reason = rule.refuses(fn, flows, lambda i, j, b=bits: bool(b[i] & b[j]))
             if reason is not None:
                 missing.add(reason)
         return sorted(missing)
