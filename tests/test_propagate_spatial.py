@@ -31,6 +31,7 @@ TOLERANCE = {"rtol": 1e-10, "atol": 1e-12}
 torch.manual_seed(0)
 X = torch.randn(3, 2, 8, 8, dtype=torch.float64)
 X1D = torch.randn(3, 2, 9, dtype=torch.float64)
+X3D = torch.randn(3, 2, 5, 6, 5, dtype=torch.float64)
 LABELS = torch.tensor([0, 2, 1])
 TARGET = torch.randn(3, 3, dtype=torch.float64)
 
@@ -146,6 +147,19 @@ MODELS = {
         cross_entropy,
         X1D,
     ),
+    "conv3d": (
+        lambda: nn.Sequential(
+            nn.Conv3d(2, 2, (2, 3, 2), stride=(1, 2, 1), padding=1, dilation=(2, 1, 1)),
+            nn.Tanh(),
+            nn.MaxPool3d(2),
+            nn.AvgPool3d(1),
+            nn.AdaptiveAvgPool3d((2, 1, 2)),
+            nn.Flatten(),
+            nn.Linear(8, 3),
+        ),
+        mse,
+        X3D,
+    ),
     "padding": (Padded, mse, X),
     "softmax_inside": (
         lambda: nn.Sequential(
@@ -178,6 +192,7 @@ OPS = {  # an op each model must exercise
     "avgpool_adaptive": "AdaptiveAvgPool2DBackward0",
     "avgpool_global": "AvgPool2DBackward0",
     "padding": "ConstantPadNdBackward0",
+    "conv3d": "AdaptiveAvgPool3DBackward0",
     "softmax_inside": "SoftmaxBackward0",
     "log_softmax_over_channels": "LogSoftmaxBackward0",
     "manual_softmax": "DivBackward0",

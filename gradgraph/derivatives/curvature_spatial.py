@@ -74,12 +74,11 @@ def _per_channel(
 
 
 class Convolution(Rule):
-    """ConvolutionBackward0 (Conv1d, Conv2d; any stride, padding, dilation, groups).
+    """ConvolutionBackward0 (Conv1d/2d/3d; any stride, padding, dilation, groups).
 
     Linear in the input and in the weight, so no residual; refuses a
-    transposed convolution, a 3-d kernel that is trained (the unfold that
-    gives per-sample weight columns is 1-d and 2-d only) and a kernel that
-    also shapes its own input (the input-weight cross term).
+    transposed convolution and a kernel that also shapes its own input (the
+    input-weight cross term).
     """
 
     def refuses(self, fn, flows, coupled):
@@ -87,8 +86,6 @@ class Convolution(Rule):
             return "ConvolutionBackward0 (a kernel that also shapes its own input)"
         if fn._saved_transposed:
             return "ConvolutionBackward0 (transposed convolution)"
-        if len(flows) > 1 and flows[1] and fn._saved_weight.dim() > 4:
-            return "ConvolutionBackward0 (the weight of a 3-d convolution)"
         return None
 
     def pullback(self, ctx, block, pos):
@@ -128,28 +125,25 @@ class Convolution(Rule):
         return _by_column(block, ctx.out_shape, apply)
 
     def _unfolded(self, ctx: OpContext) -> torch.Tensor:
-        """The input as ``[N, groups, Cin/groups * kernel, positions]``."""
+        """The input as ``[N, groups, Cin/groups * kernel, positions]`` (im2col)."""
         if "unfolded" not in ctx.memo:
             fn = ctx.fn
             x, weight = fn._saved_input, fn._saved_weight
-            settings = [
-                tuple(fn._saved_dilation),
-                tuple(fn._saved_padding),
-                tuple(fn._saved_stride),
-            ]
-            kernel = tuple(weight.shape[2:])
-            if weight.dim() == 3:  # 1-d: a 2-d convolution of height 1
-                x = x.unsqueeze(2)
-                kernel = (1, *kernel)
-                settings = [(d, *s) for d, s in zip((1, 0, 1), settings, strict=True)]
-            dilation, padding, stride = settings
-            cols = F.unfold(
-                x, kernel, dilation=dilation, padding=padding, stride=stride
+            spatial = weight.dim() - 2
+            pad = [p for p in reversed(fn._saved_padding) for _ in range(2)]
+            windows = F.pad(x, pad)
+            settings = zip(
+                weight.shape[2:], fn._saved_stride, fn._saved_dilation, strict=True
             )
-            groups = fn._saved_groups
-            ctx.memo["unfolded"] = cols.reshape(
-                cols.shape[0], groups, -1, cols.shape[-1]
-            )
+            for i, (k, stride, dilation) in enumerate(settings):
+                span = dilation * (k - 1) + 1  # each window is a new last dim
+                windows = windows.unfold(2 + i, span, stride)[..., ::dilation]
+            # [N, Cin, *positions, *kernel] -> [N, Cin * kernel, positions]
+            order = [0, 1, *range(2 + spatial, 2 + 2 * spatial), *range(2, 2 + spatial)]
+            windows = windows.permute(order)
+            n, groups = x.shape[0], fn._saved_groups
+            positions = torch.Size(windows.shape[2 + spatial :]).numel()
+            ctx.memo["unfolded"] = windows.reshape(n, groups, -1, positions)
         return ctx.memo["unfolded"]
 
     def _to_weight(self, ctx: OpContext, block: Columns) -> Columns:
