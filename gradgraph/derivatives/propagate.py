@@ -3,13 +3,13 @@
 One pass from the loss to the parameters, in topological order of the traced
 ``grad_fn`` DAG. At every node the gradient ``g = dL/dy`` is passed on (the
 node's own backward), and so are signed factor columns of the Hessian
-(:mod:`.curvature_columns`): each op's rule (:mod:`.curvature_rules`) pulls
-the columns back to its inputs and adds its own second-order term as new
-columns. Columns of one source that reach a node along several paths
-(residual connections, a parameter used twice) are added before they are
-squared, so cross terms between paths are kept: the result is the exact
-diagonal, equal to the dense Hessian's, for any graph whose ops all have a
-rule. ``ggn=True`` keeps only the losses' terms: the Gauss-Newton diagonal.
+(:mod:`.curvature_columns`): each op's rule (:mod:`.curvature_rules`,
+:mod:`.curvature_spatial`) pulls the columns back to its inputs and adds its
+own second-order term as new columns. Columns of one source that reach a
+node along several paths (residual connections, a parameter used twice) are
+added before they are squared, so cross terms between paths are kept: the
+result is the exact diagonal, equal to the dense Hessian's, for any graph
+whose ops all have a rule. ``ggn=True`` keeps only the losses' terms: the Gauss-Newton diagonal.
 
 The cost is about that of a few backward passes per column block, with no
 loop over parameters; see ``benchmarks/bench_diagonal.py``.
