@@ -12,6 +12,14 @@ Tanh and GELU. Same process, same models, same data for every method:
   (marked "extrapolated"; ``--full-seed-up-to 10000`` runs the whole loop on
   the 8k nets: half an hour on a loaded 2-core machine).
 
+A small CNN (Conv2d 1->16, act, MaxPool, Conv2d 16->32, act, MaxPool,
+Flatten, Linear 512->10; 9,930 parameters; 1x16x16 inputs, float32,
+cross-entropy; ReLU with 128 inputs, Tanh with 8, whose residual terms
+carry one column per activation) compares ours with the exact-HVP-rows fallback that
+``hessian_diagonal(method="auto")`` used before convolution and pooling had
+rules (``method="exact"``, timed once), and with BackPACK; ``--nets cnn``
+runs only these rows.
+
 Peak memory is the growth of the peak resident set size (VmHWM, reset just
 before the call) of a fresh process that runs the method once after building
 the model and data (``--peak``; Linux).
@@ -34,7 +42,8 @@ import torch
 import torch.nn as nn
 from common import best_of, machine, table
 
-from gradgraph.derivatives.propagate import propagated_hessian_diagonal
+from gradgraph.derivatives import hessian_diagonal
+from gradgraph.derivatives.propagate import diagonal_method, propagated_hessian_diagonal
 
 try:
     from backpack import backpack, extend
@@ -48,10 +57,16 @@ CASES = {
     "tanh-52k": (nn.Tanh, 160),
     "gelu-52k": (nn.GELU, 160),
 }
+CNN_CASES = {  # activation, batch size
+    "cnn-relu-10k": (nn.ReLU, 128),
+    "cnn-tanh-10k": (nn.Tanh, 8),  # Tanh's own curvature: 6k columns per sample
+}
 SEED_SAMPLE = 300  # elements per tensor timed when the full seed loop is too long
 
 
 def build(case: str):
+    if case in CNN_CASES:
+        return build_cnn(case)
     act, width = CASES[case]
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -68,9 +83,39 @@ def build(case: str):
     return model, x, y
 
 
+def build_cnn(case: str):
+    """Two conv layers on 1x16x16 inputs, ten classes (labels: ``y``)."""
+    act, batch = CNN_CASES[case]
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
+    )
+    x = torch.randn(batch, 1, 16, 16)
+    y = torch.randint(0, 10, (batch,))
+    return model, x, y
+
+
+def loss_fn(y: torch.Tensor) -> nn.Module:
+    """Cross-entropy for class labels, else MSE."""
+    return nn.CrossEntropyLoss() if y.dtype == torch.long else nn.MSELoss()
+
+
 def ours(model, x, y):
-    loss = nn.functional.mse_loss(model(x), y)
+    loss = loss_fn(y)(model(x), y)
     return propagated_hessian_diagonal(loss, model)
+
+
+def fallback(model, x, y):
+    """The exact HVP rows (what ``auto`` falls back to without rules)."""
+    loss = loss_fn(y)(model(x), y)
+    return hessian_diagonal(loss, model, method="exact", progress=False)
 
 
 def backpack_model(model):
@@ -80,7 +125,7 @@ def backpack_model(model):
 
 def backpack_diag(model, x, y):
     """``model`` must come from :func:`backpack_model`."""
-    loss = extend(nn.MSELoss())(model(x), y)
+    loss = extend(loss_fn(y))(model(x), y)
     with backpack(DiagHessian()):
         loss.backward()
     out = {n: p.diag_h.detach().clone() for n, p in model.named_parameters()}
@@ -104,7 +149,12 @@ def seed_loop(model, x, y, limit=None):
     return out
 
 
-METHODS = {"ours": ours, "backpack": backpack_diag, "seed": seed_loop}
+METHODS = {
+    "ours": ours,
+    "backpack": backpack_diag,
+    "seed": seed_loop,
+    "fallback": fallback,
+}
 
 
 def peak_mib(method: str, case: str) -> float:
@@ -159,7 +209,7 @@ def max_rel(a: dict, b: dict) -> float:
     )
 
 
-def main(full_seed_up_to: int) -> None:
+def mlp_rows(full_seed_up_to: int) -> list[list[str]]:
     rows = []
     for case in CASES:
         model, x, y = build(case)
@@ -190,23 +240,82 @@ def main(full_seed_up_to: int) -> None:
                 agree,
             ]
         )
-    print(machine())
-    print(
-        table(
-            rows,
+    return rows
+
+
+def cnn_rows() -> list[list[str]]:
+    rows = []
+    for case in CNN_CASES:
+        model, x, y = build(case)
+        n = sum(p.numel() for p in model.parameters())
+        method = diagonal_method(loss_fn(y)(model(x), y), model)
+        t_ours = best_of(lambda m=model, x=x, y=y: ours(m, x, y), repeat=5)
+        ref = ours(model, x, y)
+        start = time.perf_counter()
+        rows_result = fallback(model, x, y)
+        t_rows = time.perf_counter() - start
+        bp, mem_bp, agree = "not installed", "-", ""
+        if backpack is not None:
+            bmodel = backpack_model(model)
+            t_bp = best_of(lambda m=bmodel, x=x, y=y: backpack_diag(m, x, y), repeat=5)
+            agree = f"{max_rel(ref, backpack_diag(bmodel, x, y)):.1e}"
+            bp = f"{t_bp:.3f} s ({t_ours / t_bp:.2f}x)"
+            mem_bp = f"{peak_mib('backpack', case):.0f}"
+        rows.append(
             [
-                "net",
-                "params",
-                "ours",
-                "BackPACK (ours/BackPACK)",
-                "seed loop",
-                "seed/ours",
-                "peak MiB ours",
-                "peak MiB BackPACK",
-                "max rel diff vs BackPACK",
-            ],
+                case,
+                f"{n:,}",
+                method,
+                f"{t_ours:.3f} s",
+                f"{t_rows:.1f} s ({t_rows / t_ours:.0f}x)",
+                bp,
+                f"{peak_mib('ours', case):.0f}",
+                mem_bp,
+                f"{max_rel(ref, rows_result):.1e}",
+                agree,
+            ]
         )
-    )
+    return rows
+
+
+def main(full_seed_up_to: int, nets: str) -> None:
+    print(machine())
+    if nets in ("all", "mlp"):
+        print(
+            table(
+                mlp_rows(full_seed_up_to),
+                [
+                    "net",
+                    "params",
+                    "ours",
+                    "BackPACK (ours/BackPACK)",
+                    "seed loop",
+                    "seed/ours",
+                    "peak MiB ours",
+                    "peak MiB BackPACK",
+                    "max rel diff vs BackPACK",
+                ],
+            )
+        )
+    if nets in ("all", "cnn"):
+        print()
+        print(
+            table(
+                cnn_rows(),
+                [
+                    "net",
+                    "params",
+                    "auto uses",
+                    "ours",
+                    "exact HVP rows (rows/ours)",
+                    "BackPACK (ours/BackPACK)",
+                    "peak MiB ours",
+                    "peak MiB BackPACK",
+                    "max rel diff vs rows",
+                    "max rel diff vs BackPACK",
+                ],
+            )
+        )
 
 
 if __name__ == "__main__":
@@ -218,8 +327,9 @@ if __name__ == "__main__":
         default=0,
         help="run the whole seed loop for nets up to this many parameters",
     )
+    parser.add_argument("--nets", choices=["all", "mlp", "cnn"], default="all")
     args = parser.parse_args()
     if args.peak:
         _peak_child(*args.peak)
     else:
-        main(args.full_seed_up_to)
+        main(args.full_seed_up_to, args.nets)

@@ -146,6 +146,20 @@ def _pair(a: Columns, b: Columns) -> tuple[Columns, Columns]:
     return a2, b2
 
 
+def _per_sample_or_dense(block: Columns, out_shape: tuple, dim: int) -> Columns:
+    """``block`` in a layout an op that mixes values along ``dim`` can act on.
+
+    Per-sample columns stay so unless ``dim`` is the sample dim (then the op
+    mixes samples); outer-product columns are written out. Either way
+    ``data[c]`` has the node's shape, so the op applies to ``data`` directly.
+    """
+    if isinstance(block, OuterColumns) or (
+        isinstance(block, SampleColumns) and dim == 0
+    ):
+        return block.to_dense(out_shape)
+    return block
+
+
 # -- rules ----------------------------------------------------------------------
 
 
@@ -168,8 +182,14 @@ class Rule:
     def residual(self, ctx: OpContext) -> dict[int, Columns]:
         return {}
 
-    def refuses(self, fn: Any, flows: list[bool]) -> str | None:
-        """Why this node is beyond the rule (None: it is not), before any work."""
+    def refuses(
+        self, fn: Any, flows: list[bool], coupled: Callable[[int, int], bool]
+    ) -> str | None:
+        """Why this node is beyond the rule (None: it is not), before any work.
+
+        ``flows[i]``: does a parameter's gradient flow through input ``i``;
+        ``coupled(i, j)``: do inputs ``i`` and ``j`` reach a common parameter.
+        """
         return None
 
 
@@ -361,20 +381,61 @@ class Multiply(Rule):
         }
 
 
-class Divide(Multiply):
-    """a / b for a constant ``b`` (a ``b`` that depends on a parameter has no rule)."""
+class Divide(Rule):
+    """a / b (DivBackward0): linear in ``a``; ``b`` brings curvature.
+
+    Per element ``y = a / b`` has ``d2y/db2 = 2a / b^3`` and
+    ``d2y/da db = -1 / b^2`` (``d2y/da2 = 0``), so the residual is
+    ``diag(g 2a / b^3)`` at ``b`` and, when ``a`` and ``b`` share a parameter,
+    the cross term ``-g / b^2`` between them.
+    """
 
     def pullback(self, ctx, block, pos):
+        fn = ctx.fn
+        b = fn._saved_other
+        factor = 1 / b if pos == 0 else -fn._saved_self / (b * b)
         return unbroadcast(
-            _scale(block, 1 / ctx.fn._saved_other, ctx.out_shape),
-            ctx.in_shapes[0],
-            ctx.out_shape,
+            _scale(block, factor, ctx.out_shape), ctx.in_shapes[pos], ctx.out_shape
         )
 
-    def refuses(self, fn, flows):
-        if len(flows) > 1 and flows[1]:
-            return "DivBackward0 (a denominator that depends on the parameters)"
-        return None
+    def residual(self, ctx):
+        if not ctx.flows(1):
+            return {}
+        a, b = ctx.fn._saved_self, ctx.fn._saved_other
+        cross_weights = (-ctx.grad / (b * b)).expand(ctx.out_shape)
+        own = diagonal_columns(-2 * a / b * cross_weights)
+        cross = None
+        if ctx.flows(0) and ctx.coupled(0, 1):
+            cross = diagonal_columns(cross_weights)
+        if cross is None:
+            if own is None:
+                return {}
+            return {1: unbroadcast(own, ctx.in_shapes[1], ctx.out_shape)}
+        at_a, at_b = _pair(cross, cross)
+        if own is not None:  # b's own term: columns that are zero at a
+            sign = torch.cat([at_a.sign, own.sign])
+            at_a = type(own)(torch.cat([at_a.data, torch.zeros_like(own.data)]), sign)
+            at_b = type(own)(torch.cat([at_b.data, own.data]), sign)
+        return {
+            0: unbroadcast(at_a, ctx.in_shapes[0], ctx.out_shape),
+            1: unbroadcast(at_b, ctx.in_shapes[1], ctx.out_shape),
+        }
+
+
+class MaxAlongDim(Rule):
+    """``x.max(dim)`` / ``x.min(dim)`` values: a selection, linear almost everywhere."""
+
+    def pullback(self, ctx, block, pos):
+        fn = ctx.fn
+        shape = ctx.in_shapes[pos]
+        dim = fn._saved_dim % len(shape)
+        block = _per_sample_or_dense(block, ctx.out_shape, dim)
+        data, index = block.data, fn._saved_indices
+        if not fn._saved_keepdim:
+            data, index = data.unsqueeze(dim + 1), index.unsqueeze(dim)
+        out = data.new_zeros(data.shape[0], *shape)
+        out.scatter_(dim + 1, index.unsqueeze(0).expand_as(data), data)
+        return type(block)(out, block.sign)
 
 
 class Elementwise(Rule):
@@ -487,8 +548,75 @@ def _smooth_l1_curvature(fn, diff):
     return (diff.abs() < beta).to(diff.dtype) / beta
 
 
+def _rows(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` as ``[N, R, K]``: per sample, its rows along ``dim`` (length ``K``).
+
+    ``N`` is the batch (dim 0) when ``t`` has one and ``dim`` is not it, else 1.
+    """
+    n = t.shape[0] if t.dim() >= 2 and dim != 0 else 1
+    return t.movedim(dim, -1).reshape(n, -1, t.shape[dim])
+
+
+def _row_columns(
+    factors: torch.Tensor, signs: torch.Tensor, shape: tuple, dim: int
+) -> Columns:
+    """Columns that each sit on one row (along ``dim``) of a ``shape`` tensor.
+
+    ``factors[n, r, j]`` (``[N, R, J, K]``, see :func:`_rows`) is column ``j``
+    of row ``r`` of sample ``n``, with sign ``signs[n, r, j]``; it is zero off
+    that row.
+    """
+    n, r, j, k = factors.shape
+    data = factors.new_zeros(r, j, n, r, k)
+    rows = torch.arange(r, device=factors.device)
+    data[rows, :, :, rows] = factors.permute(1, 2, 0, 3)
+    moved = [s for i, s in enumerate(shape) if i != dim]
+    data = data.reshape(r * j, *moved, k).movedim(-1, dim + 1)
+    sign = signs.permute(1, 2, 0).reshape(r * j, n)
+    if len(shape) >= 2 and dim != 0:
+        return SampleColumns(data, sign)
+    return DenseColumns(data, sign.reshape(-1))
+
+
+class Softmax(Rule):
+    """softmax along any dim: ``y = exp(x) / sum exp(x)``, per row.
+
+    ``J = diag(y) - y y^T`` (symmetric), and ``sum_k g_k d^2 y_k / dx^2`` is
+    ``diag(u) - y u^T - u y^T`` with ``u = y (g - <g, y>)``: written as the
+    ``K`` diagonal columns plus ``(y - u) / sqrt 2`` (sign +1) and
+    ``(y + u) / sqrt 2`` (sign -1), per row.
+    """
+
+    def pullback(self, ctx, block, pos):
+        y = ctx.fn._saved_result
+        dim = ctx.fn._saved_dim % y.dim()
+        block = _per_sample_or_dense(block, ctx.out_shape, dim)
+        data = block.data
+        data = y * (data - (data * y).sum(dim + 1, keepdim=True))
+        return type(block)(data, block.sign)
+
+    def residual(self, ctx):
+        y = ctx.fn._saved_result
+        dim = ctx.fn._saved_dim % y.dim()
+        g = ctx.grad
+        u = y * (g - (g * y).sum(dim, keepdim=True))
+        ys, us = _rows(y, dim), _rows(u, dim)
+        half = 0.5**0.5
+        factors = torch.cat(
+            [
+                torch.diag_embed(us.abs().sqrt()),
+                (half * (ys - us)).unsqueeze(2),
+                (half * (ys + us)).unsqueeze(2),
+            ],
+            dim=2,
+        )
+        ones = torch.ones_like(us[..., :1])
+        signs = torch.cat([us.sign(), ones, -ones], dim=2)
+        return {0: _row_columns(factors, signs, tuple(y.shape), dim)}
+
+
 class LogSoftmax(Rule):
-    """log_softmax over the last dim: ``y = x - logsumexp(x)``.
+    """log_softmax along any dim: ``y = x - logsumexp(x)``, per row.
 
     Each output's Hessian is ``-(diag(p) - p p^T)``, so the residual is
     ``-(sum_k g_k) (diag(p) - p p^T)`` per row: with the NLL above it, the
@@ -497,34 +625,26 @@ class LogSoftmax(Rule):
 
     loss = True
 
-    def refuses(self, fn, flows):
-        shape = tuple(fn._saved_result.shape)
-        if len(shape) not in (1, 2) or fn._saved_dim % len(shape) != len(shape) - 1:
-            return f"LogSoftmaxBackward0 (dim={fn._saved_dim} of a {shape} tensor)"
-        return None
-
     def _p(self, ctx):
-        return ctx.fn._saved_result.exp()
+        p = ctx.fn._saved_result.exp()
+        return p, ctx.fn._saved_dim % p.dim()
 
     def pullback(self, ctx, block, pos):
-        p = self._p(ctx)
-        if isinstance(block, OuterColumns):
-            block = block.to_dense(ctx.out_shape)
-        data = block.data - p * block.data.sum(-1, keepdim=True)
+        p, dim = self._p(ctx)
+        block = _per_sample_or_dense(block, ctx.out_shape, dim)
+        data = block.data - p * block.data.sum(dim + 1, keepdim=True)
         return type(block)(data, block.sign)
 
     def residual(self, ctx):
-        p = self._p(ctx)
-        s = -ctx.grad.sum(-1)
-        root = p.sqrt()
-        eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
-        # column c of row n: sqrt|s_n| sqrt(p_nc) (e_c - p_n)
-        cols = root.unsqueeze(-1) * (eye - p.unsqueeze(-2))  # [..., c, k]
-        cols = cols * s.abs().sqrt()[..., None, None]
-        if p.dim() == 1:
-            return {0: DenseColumns(cols, s.sign().expand(p.shape[0]))}
-        sign = s.sign().unsqueeze(0).expand(p.shape[1], p.shape[0])
-        return {0: SampleColumns(cols.transpose(0, 1), sign)}
+        p, dim = self._p(ctx)
+        ps = _rows(p, dim)
+        s = _rows(-ctx.grad.sum(dim, keepdim=True), dim)  # [N, R, 1]
+        eye = torch.eye(ps.shape[-1], dtype=p.dtype, device=p.device)
+        # column c of a row: sqrt|s| sqrt(p_c) (e_c - p)
+        factors = ps.sqrt().unsqueeze(-1) * (eye - ps.unsqueeze(-2))
+        factors = factors * s.abs().sqrt().unsqueeze(-1)
+        signs = s.sign().expand_as(ps)
+        return {0: _row_columns(factors, signs, tuple(p.shape), dim)}
 
 
 RULES: dict[str, Rule] = {
@@ -559,6 +679,8 @@ RULES: dict[str, Rule] = {
     "AddmmBackward0": MatMul(with_bias=True),
     "MulBackward0": Multiply(),
     "DivBackward0": Divide(),
+    "MaxBackward0": MaxAlongDim(),
+    "MinBackward0": MaxAlongDim(),
     # activations
     "TanhBackward0": Elementwise(_tanh),
     "SigmoidBackward0": Elementwise(_sigmoid),
@@ -584,4 +706,5 @@ RULES: dict[str, Rule] = {
     "HuberLossBackward0": PointwiseLoss(_huber_curvature),
     "SmoothL1LossBackward0": PointwiseLoss(_smooth_l1_curvature),
     "LogSoftmaxBackward0": LogSoftmax(),
+    "SoftmaxBackward0": Softmax(),
 }

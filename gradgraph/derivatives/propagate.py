@@ -3,13 +3,14 @@
 One pass from the loss to the parameters, in topological order of the traced
 ``grad_fn`` DAG. At every node the gradient ``g = dL/dy`` is passed on (the
 node's own backward), and so are signed factor columns of the Hessian
-(:mod:`.curvature_columns`): each op's rule (:mod:`.curvature_rules`) pulls
-the columns back to its inputs and adds its own second-order term as new
-columns. Columns of one source that reach a node along several paths
-(residual connections, a parameter used twice) are added before they are
-squared, so cross terms between paths are kept: the result is the exact
-diagonal, equal to the dense Hessian's, for any graph whose ops all have a
-rule. ``ggn=True`` keeps only the losses' terms: the Gauss-Newton diagonal.
+(:mod:`.curvature_columns`): each op's rule (:mod:`.curvature_rules`,
+:mod:`.curvature_spatial`) pulls the columns back to its inputs and adds its
+own second-order term as new columns. Columns of one source that reach a
+node along several paths (residual connections, a parameter used twice) are
+added before they are squared, so cross terms between paths are kept: the
+result is the exact diagonal, equal to the dense Hessian's, for any graph
+whose ops all have a rule. ``ggn=True`` keeps only the losses' terms: the
+Gauss-Newton diagonal.
 
 The cost is about that of a few backward passes per column block, with no
 loop over parameters; see ``benchmarks/bench_diagonal.py``.
@@ -32,7 +33,9 @@ import torch
 from ..graph import trace
 from ..nodes import ACCUMULATE_OP
 from .curvature_columns import Columns, combine, concatenate, leaf_diagonal
-from .curvature_rules import RULES, OpContext, UnsupportedOpError
+from .curvature_rules import RULES as ELEMENTARY_RULES
+from .curvature_rules import OpContext, UnsupportedOpError
+from .curvature_spatial import SPATIAL_RULES
 from .params import ParamSet, as_params, check_scalar_loss
 
 __all__ = [
@@ -43,6 +46,9 @@ __all__ = [
     "propagated_hessian_diagonal",
     "unsupported_ops",
 ]
+
+
+RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES}
 
 
 class _Plan:
@@ -111,12 +117,13 @@ class _Plan:
             if rule is None:
                 missing.add(op)
                 continue
-            flows = []
+            flows, bits = [], []
             for child, out_nr in fn.next_functions:
-                flows.append(child is not None and bool(self.reach[self.index[child]]))
+                bits.append(0 if child is None else self.reach[self.index[child]])
+                flows.append(bool(bits[-1]))
                 if flows[-1] and out_nr != 0:
                     missing.add(f"{type(child).__name__} (output {out_nr} of several)")
-            reason = rule.refuses(fn, flows)
+            reason = rule.refuses(fn, flows, lambda i, j, b=bits: bool(b[i] & b[j]))
             if reason is not None:
                 missing.add(reason)
         return sorted(missing)
