@@ -6,6 +6,8 @@ vector twice with torch.autograd.functional.hessian: no gradgraph code involved.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch.func import functional_call
 
@@ -30,8 +32,12 @@ def unflatten(flat: torch.Tensor, names, shapes) -> dict[str, torch.Tensor]:
 
 
 def dense_hessian(model: torch.nn.Module, loss_of_output, inputs) -> torch.Tensor:
-    """The full Hessian of ``loss_of_output(model(inputs))`` w.r.t. the parameters."""
-    model = model.double()
+    """The full Hessian of ``loss_of_output(model(inputs))`` w.r.t. the parameters.
+
+    Works on a float64 copy: ``functional_call`` can leave a reused submodule's
+    weight swapped for a non-leaf tensor, and the caller's model must stay as is.
+    """
+    model = copy.deepcopy(model).double()
     names, shapes, flat = flat_params(model)
 
     def f(theta):
