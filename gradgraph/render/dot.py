@@ -122,11 +122,13 @@ def _box_lines(data: dict) -> tuple[str, list[str]]:
 
 
 def ops_line(ops: dict[str, int], most: int = 4) -> str:
-    """What a folded box holds: its commonest ops and its parameter count.
+    """What a folded box holds: its commonest ops and its leaf-tensor count.
+
+    Leaf tensors are the AccumulateGrad nodes: parameters and inputs.
 
     Example:
         >>> ops_line({"AddmmBackward0": 4, "TanhBackward0": 4, "AccumulateGrad": 8})
-        'Addmm ×4 · Tanh ×4 · 8 params'
+        'Addmm ×4 · Tanh ×4 · 8 leaf tensors'
     """
     counts = sorted(
         (
@@ -139,7 +141,7 @@ def ops_line(ops: dict[str, int], most: int = 4) -> str:
     if len(counts) > most:
         parts.append(f"+{len(counts) - most} more ops")
     if ops.get("AccumulateGrad"):
-        parts.append(f"{ops['AccumulateGrad']:,} params")
+        parts.append(f"{ops['AccumulateGrad']:,} leaf tensors")
     return " · ".join(parts)
 
 
