@@ -15,10 +15,12 @@ Per row, ``d xhat / dx = s P`` with ``P = I - 1 1^T / K - xhat xhat^T / K``
 ``h~ = h - mean(h)`` the op's own second-order term is
 
     sum_j h_j d^2 xhat_j / dx^2
-        = (s^2 / K) (-a I + a 1 1^T / K + 3 a xhat xhat^T / K
-                     - xhat h~^T - h~ xhat^T),
+        = (s^2 / K) (-a Q + 3 a xhat xhat^T / K - xhat h~^T - h~ xhat^T),
 
-written as ``K + 4`` signed columns per row. ``y`` is linear in ``b`` and in
+written as ``K + 2`` signed columns per row: ``Q e_i`` for ``-a Q``
+(``Q = I - 1 1^T / K``, a projection) and two along ``xhat`` and ``h~`` (the
+eigenvectors of the 2x2 form the other terms make on them), which keeps
+cancellation between columns small in float32. ``y`` is linear in ``b`` and in
 ``w``; the cross term between ``w`` and ``x`` matters only when one parameter
 reaches both (a normalization layer that shapes its own input), which has no
 rule.
@@ -190,24 +192,28 @@ class _Normalization(Rule):
         k = rows.k
         a = (h * xhat).sum(-1, keepdim=True)  # [N, R, 1]
         h_centred = h - h.mean(-1, keepdim=True)
+        # -a Q: the columns Q e_i (Q Q^T = Q), all mean-free like the rest
+        eye = torch.eye(k, dtype=xhat.dtype, device=xhat.device)
         root = s * (a.abs() / k).sqrt()  # sqrt of |a| s^2 / K
-        ones = torch.ones_like(xhat)
-        half = s / (2 * k) ** 0.5
-        factors = torch.stack(
-            [
-                root * ones / k**0.5,  # + a s^2 / K^2 1 1^T
-                root * xhat * (3 / k) ** 0.5,  # + 3 a s^2 / K^2 xhat xhat^T
-                half * (xhat - h_centred),  # + (s^2 / 2K) (xhat - h~)(...)^T
-                half * (xhat + h_centred),  # - (s^2 / 2K) (xhat + h~)(...)^T
-            ],
-            dim=2,
-        )  # [N, R, 4, K]
-        sign_a = a.sign()
-        sign_low = torch.cat(
-            [sign_a, sign_a, torch.ones_like(a), -torch.ones_like(a)], dim=-1
-        )
-        factors = torch.cat([torch.diag_embed(root.expand_as(xhat)), factors], dim=2)
-        signs = torch.cat([(-sign_a).expand_as(xhat), sign_low], dim=-1)
+        centred = root.unsqueeze(-1) * (eye - 1 / k)  # [N, R, K, K]
+        # the rest on the unit vectors p, q along xhat, h~: the symmetric 2x2
+        # form [[3a/K |p|^2, -|p||q|], [-|p||q|, 0]] by its eigenvectors
+        p_norm = xhat.norm(dim=-1, keepdim=True)
+        q_norm = h_centred.norm(dim=-1, keepdim=True)
+        tiny = torch.finfo(xhat.dtype).tiny
+        p = xhat / p_norm.clamp_min(tiny)
+        q = h_centred / q_norm.clamp_min(tiny)
+        alpha, beta = 3 * a / k * p_norm**2, -p_norm * q_norm
+        spread = (alpha**2 / 4 + beta**2).sqrt()
+        pairs = []
+        for lam in (alpha / 2 + spread, alpha / 2 - spread):
+            length = (lam**2 + beta**2).sqrt().clamp_min(tiny)
+            size = s * (lam.abs() / k).sqrt() / length
+            pairs.append((size * (lam * p + beta * q), lam.sign()))
+        factors = torch.cat(
+            [centred, pairs[0][0].unsqueeze(2), pairs[1][0].unsqueeze(2)], dim=2
+        )  # [N, R, K + 2, K]
+        signs = torch.cat([(-a.sign()).expand_as(xhat), pairs[0][1], pairs[1][1]], -1)
         return {0: self._row_columns(rows, factors, signs)}
 
     @staticmethod

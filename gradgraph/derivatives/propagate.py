@@ -9,8 +9,8 @@ its inputs and adds its own second-order term as new columns. Columns of one
 source that reach a node along several paths (residual connections, a
 parameter used twice) are added before they are squared, so cross terms
 between paths are kept: the result is the exact diagonal, equal to the dense
-Hessian's, for any graph whose ops all have a rule. ``ggn=True`` keeps only the losses' terms: the
-Gauss-Newton diagonal.
+Hessian's, for any graph whose ops all have a rule. ``ggn=True`` keeps only
+the losses' terms: the Gauss-Newton diagonal.
 
 The cost is about that of a few backward passes per column block, with no
 loop over parameters; see ``benchmarks/bench_diagonal.py``.
