@@ -20,6 +20,13 @@ carry one column per activation) compares ours with the exact-HVP-rows fallback 
 rules (``method="exact"``, timed once), and with BackPACK; ``--nets cnn``
 runs only these rows.
 
+``--nets norm`` runs the same comparison on normalization layers: an MLP
+(16-64-64-10, LayerNorm + Tanh after each hidden Linear, batch 64,
+cross-entropy; 6,154 parameters) and the CNN above with BatchNorm2d (eval
+mode, running statistics) after each convolution, ReLU, batch 16 (10,026
+parameters). BackPACK's DiagHessian has no extension for either norm layer;
+the rows say so.
+
 Peak memory is the growth of the peak resident set size (VmHWM, reset just
 before the call) of a fresh process that runs the method once after building
 the model and data (``--peak``; Linux).
@@ -61,12 +68,18 @@ CNN_CASES = {  # activation, batch size
     "cnn-relu-10k": (nn.ReLU, 128),
     "cnn-tanh-10k": (nn.Tanh, 8),  # Tanh's own curvature: 6k columns per sample
 }
+NORM_CASES = {  # the norm layer after each hidden layer, batch size
+    "ln-mlp-6k": ("layer", 64),
+    "bn-cnn-eval-10k": ("batch", 16),
+}
 SEED_SAMPLE = 300  # elements per tensor timed when the full seed loop is too long
 
 
 def build(case: str):
     if case in CNN_CASES:
         return build_cnn(case)
+    if case in NORM_CASES:
+        return build_norm(case)
     act, width = CASES[case]
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -83,21 +96,46 @@ def build(case: str):
     return model, x, y
 
 
-def build_cnn(case: str):
-    """Two conv layers on 1x16x16 inputs, ten classes (labels: ``y``)."""
-    act, batch = CNN_CASES[case]
+def build_cnn(case: str, norm: bool = False):
+    """Two conv layers on 1x16x16 inputs, ten classes (labels: ``y``).
+
+    ``norm``: BatchNorm2d after each convolution, in eval mode.
+    """
+    act, batch = (nn.ReLU, NORM_CASES[case][1]) if norm else CNN_CASES[case]
+    torch.manual_seed(0)
+    layers = []
+    for cin, cout in ((1, 16), (16, 32)):
+        layers.append(nn.Conv2d(cin, cout, 3, padding=1))
+        if norm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers += [act(), nn.MaxPool2d(2)]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
+    if norm:  # running statistics as after some training
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+        model.eval()
+    x = torch.randn(batch, 1, 16, 16)
+    y = torch.randint(0, 10, (batch,))
+    return model, x, y
+
+
+def build_norm(case: str):
+    kind, batch = NORM_CASES[case]
+    if kind == "batch":
+        return build_cnn(case, norm=True)
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        act(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        act(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 10),
+        nn.Linear(16, 64),
+        nn.LayerNorm(64),
+        nn.Tanh(),
+        nn.Linear(64, 64),
+        nn.LayerNorm(64),
+        nn.Tanh(),
+        nn.Linear(64, 10),
     )
-    x = torch.randn(batch, 1, 16, 16)
+    x = torch.randn(batch, 16)
     y = torch.randint(0, 10, (batch,))
     return model, x, y
 
@@ -133,6 +171,17 @@ def backpack_diag(model, x, y):
         p.grad = None
         del p.diag_h
     return out
+
+
+def backpack_refusal(model, x, y) -> str:
+    """The layer BackPACK's DiagHessian has no extension for ("" if none)."""
+    if backpack is None:
+        return ""
+    try:
+        backpack_diag(backpack_model(model), x, y)
+    except NotImplementedError as exc:
+        return str(exc).rsplit(".", 1)[-1].strip("'>")
+    return ""
 
 
 def seed_loop(model, x, y, limit=None):
@@ -243,9 +292,10 @@ def mlp_rows(full_seed_up_to: int) -> list[list[str]]:
     return rows
 
 
-def cnn_rows() -> list[list[str]]:
+def fallback_rows(cases: dict) -> list[list[str]]:
+    """Ours vs the exact-HVP-rows fallback (and BackPACK) on ``cases``."""
     rows = []
-    for case in CNN_CASES:
+    for case in cases:
         model, x, y = build(case)
         n = sum(p.numel() for p in model.parameters())
         method = diagonal_method(loss_fn(y)(model(x), y), model)
@@ -255,7 +305,10 @@ def cnn_rows() -> list[list[str]]:
         rows_result = fallback(model, x, y)
         t_rows = time.perf_counter() - start
         bp, mem_bp, agree = "not installed", "-", ""
-        if backpack is not None:
+        refusal = backpack_refusal(model, x, y)
+        if refusal:
+            bp = f"refuses ({refusal})"
+        elif backpack is not None:
             bmodel = backpack_model(model)
             t_bp = best_of(lambda m=bmodel, x=x, y=y: backpack_diag(m, x, y), repeat=5)
             agree = f"{max_rel(ref, backpack_diag(bmodel, x, y)):.1e}"
@@ -297,11 +350,13 @@ def main(full_seed_up_to: int, nets: str) -> None:
                 ],
             )
         )
-    if nets in ("all", "cnn"):
+    for name, cases in (("cnn", CNN_CASES), ("norm", NORM_CASES)):
+        if nets not in ("all", name):
+            continue
         print()
         print(
             table(
-                cnn_rows(),
+                fallback_rows(cases),
                 [
                     "net",
                     "params",
@@ -327,7 +382,7 @@ if __name__ == "__main__":
         default=0,
         help="run the whole seed loop for nets up to this many parameters",
     )
-    parser.add_argument("--nets", choices=["all", "mlp", "cnn"], default="all")
+    parser.add_argument("--nets", choices=["all", "mlp", "cnn", "norm"], default="all")
     args = parser.parse_args()
     if args.peak:
         _peak_child(*args.peak)

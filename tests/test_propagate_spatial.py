@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradgraph import trace
 from gradgraph.derivatives import curvature_spatial, hessian_diagonal
 from gradgraph.derivatives.propagate import (
     UnsupportedOpError,
@@ -22,6 +21,7 @@ from gradgraph.derivatives.propagate import (
     unsupported_ops,
 )
 
+from .model_reference import assert_propagates_exactly
 from .reference import dense_hessian
 
 F = nn.functional
@@ -211,15 +211,7 @@ def flat(result, model):
 @pytest.mark.parametrize("case", sorted(MODELS))
 def test_exact_diagonal_by_propagation(case):
     model, loss_of_output, x = build(case)
-    expected = dense_hessian(model, loss_of_output, x).diagonal()
-    loss = loss_of_output(model(x))
-    if case in OPS:
-        assert OPS[case] in {data["op"] for _, data in trace(loss).dag.nodes(data=True)}
-    assert diagonal_method(loss, model) == "propagate"
-    got = hessian_diagonal(loss, model, method="propagate")
-    torch.testing.assert_close(flat(got, model), expected, **TOLERANCE)
-    auto = hessian_diagonal(loss_of_output(model(x)), model)
-    torch.testing.assert_close(flat(auto, model), expected, **TOLERANCE)
+    assert_propagates_exactly(model, loss_of_output, x, OPS.get(case))
 
 
 def test_ggn_diagonal_of_a_cnn():

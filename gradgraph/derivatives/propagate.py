@@ -4,13 +4,13 @@ One pass from the loss to the parameters, in topological order of the traced
 ``grad_fn`` DAG. At every node the gradient ``g = dL/dy`` is passed on (the
 node's own backward), and so are signed factor columns of the Hessian
 (:mod:`.curvature_columns`): each op's rule (:mod:`.curvature_rules`,
-:mod:`.curvature_spatial`) pulls the columns back to its inputs and adds its
-own second-order term as new columns. Columns of one source that reach a
-node along several paths (residual connections, a parameter used twice) are
-added before they are squared, so cross terms between paths are kept: the
-result is the exact diagonal, equal to the dense Hessian's, for any graph
-whose ops all have a rule. ``ggn=True`` keeps only the losses' terms: the
-Gauss-Newton diagonal.
+:mod:`.curvature_spatial`, :mod:`.curvature_norm`) pulls the columns back to
+its inputs and adds its own second-order term as new columns. Columns of one
+source that reach a node along several paths (residual connections, a
+parameter used twice) are added before they are squared, so cross terms
+between paths are kept: the result is the exact diagonal, equal to the dense
+Hessian's, for any graph whose ops all have a rule. ``ggn=True`` keeps only
+the losses' terms: the Gauss-Newton diagonal.
 
 The cost is about that of a few backward passes per column block, with no
 loop over parameters; see ``benchmarks/bench_diagonal.py``.
@@ -33,6 +33,7 @@ import torch
 from ..graph import trace
 from ..nodes import ACCUMULATE_OP
 from .curvature_columns import Columns, combine, concatenate, leaf_diagonal
+from .curvature_norm import NORM_RULES
 from .curvature_rules import RULES as ELEMENTARY_RULES
 from .curvature_rules import OpContext, UnsupportedOpError
 from .curvature_spatial import SPATIAL_RULES
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 
-RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES}
+RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES, **NORM_RULES}
 
 
 class _Plan:
@@ -191,7 +192,8 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
             if child_fn is None or not reach[index[child_fn]]:
                 continue
             children[pos] = index[child_fn]
-        grads_in = fn(grad)
+        # ops with several outputs (group norm's mean and rstd) take one grad each
+        grads_in = fn(grad, *[None] * (len(fn._input_metadata) - 1))
         grads_in = grads_in if isinstance(grads_in, tuple) else (grads_in,)
         in_shapes: list[tuple[int, ...] | None] = [None] * len(children)
         for pos, child in enumerate(children):

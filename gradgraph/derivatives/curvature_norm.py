@@ -1,0 +1,296 @@
+"""Curvature rules for normalization layers: LayerNorm, GroupNorm, BatchNorm.
+
+Each normalizes groups ("rows") of ``K`` entries of its input ``x``:
+``xhat = (x - mean) s`` with ``s = (var + eps)^(-1/2)`` (biased variance),
+then ``y = w xhat + b`` with an optional affine ``w, b``:
+
+* LayerNorm: a row is the trailing ``normalized_shape`` of one position;
+* GroupNorm: a row is one group of channels (and all positions) of a sample;
+* BatchNorm, training: a row is one channel over the whole batch, so it
+  couples the samples and its columns are written out densely;
+* BatchNorm, eval: running statistics, an affine map per channel (no row).
+
+Per row, ``d xhat / dx = s P`` with ``P = I - 1 1^T / K - xhat xhat^T / K``
+(symmetric), and with ``h = g w`` (``g = dL/dy``), ``a = <h, xhat>``,
+``h~ = h - mean(h)`` the op's own second-order term is
+
+    sum_j h_j d^2 xhat_j / dx^2
+        = (s^2 / K) (-a Q + 3 a xhat xhat^T / K - xhat h~^T - h~ xhat^T),
+
+written as ``K + 2`` signed columns per row: ``Q e_i`` for ``-a Q``
+(``Q = I - 1 1^T / K``, a projection) and two along ``xhat`` and ``h~`` (the
+eigenvectors of the 2x2 form the other terms make on them), which keeps
+cancellation between columns small in float32. ``y`` is linear in ``b`` and in
+``w``; the cross term between ``w`` and ``x`` matters only when one parameter
+reaches both (a normalization layer that shapes its own input), which has no
+rule.
+
+Example:
+    >>> sorted(NORM_RULES)
+    ['NativeBatchNormBackward0', 'NativeGroupNormBackward0', 'NativeLayerNormBackward0']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .curvature_columns import Columns, DenseColumns, OuterColumns, SampleColumns
+from .curvature_rules import OpContext, Rule
+
+__all__ = ["NORM_RULES"]
+
+
+@dataclass
+class _Rows:
+    """How a node's value splits into rows: permute by ``perm``, view ``[N, R, K]``.
+
+    ``N`` is the sample dim when every row lies in one sample (``per_sample``),
+    else 1 (then the columns are dense). ``affine`` are the dims the weight
+    spans.
+    """
+
+    shape: tuple[int, ...]
+    perm: tuple[int, ...]
+    n: int
+    r: int
+    k: int
+    affine: tuple[int, ...]
+    per_sample: bool
+
+    def split(self, data: torch.Tensor) -> torch.Tensor:
+        """``[C, *shape]`` -> ``[C, N, R, K]``."""
+        moved = data.permute(0, *(p + 1 for p in self.perm))
+        return moved.reshape(data.shape[0], self.n, self.r, self.k)
+
+    def join(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[C, N, R, K]`` -> ``[C, *shape]`` (the inverse of :meth:`split`)."""
+        moved = rows.reshape(rows.shape[0], *(self.shape[p] for p in self.perm))
+        inverse = [0] * len(self.perm)
+        for i, p in enumerate(self.perm):
+            inverse[p] = i
+        return moved.permute(0, *(i + 1 for i in inverse))
+
+    def weight_view(self, t: torch.Tensor) -> torch.Tensor:
+        """An affine parameter shaped to broadcast against the node value."""
+        view = [1] * len(self.shape)
+        for d in self.affine:
+            view[d] = self.shape[d]
+        return t.reshape(view)
+
+
+def _layer_norm_rows(fn) -> _Rows:
+    shape = tuple(fn._saved_input.shape)
+    d = len(fn._saved_normalized_shape)
+    lead = len(shape) - d
+    k = torch.Size(shape[lead:]).numel()
+    affine = tuple(range(lead, len(shape)))
+    if lead == 0:  # one row: the whole (unbatched) value
+        return _Rows(shape, tuple(range(len(shape))), 1, 1, k, affine, False)
+    r = torch.Size(shape[1:lead]).numel()
+    return _Rows(shape, tuple(range(len(shape))), shape[0], r, k, affine, True)
+
+
+def _group_norm_rows(fn) -> _Rows:
+    shape = tuple(fn._saved_input.shape)
+    n, groups = fn._saved_N, fn._saved_group
+    k = fn._saved_C // groups * fn._saved_HxW
+    return _Rows(shape, tuple(range(len(shape))), n, groups, k, (1,), True)
+
+
+def _batch_norm_rows(fn) -> _Rows:
+    shape = tuple(fn._saved_input.shape)
+    perm = (1, 0, *range(2, len(shape)))  # channel first, then batch and positions
+    k = torch.Size(shape).numel() // shape[1]
+    return _Rows(shape, perm, 1, shape[1], k, (1,), False)
+
+
+def _dense_unless_per_sample(block: Columns, rows: _Rows) -> Columns:
+    if isinstance(block, OuterColumns) or (
+        isinstance(block, SampleColumns) and not rows.per_sample
+    ):
+        return block.to_dense(rows.shape)
+    return block
+
+
+def _to_affine(block: Columns, rows: _Rows, param_shape: tuple) -> DenseColumns:
+    """Sum columns over every dim but the affine ones: the weight's or bias' columns.
+
+    Per-sample columns become one column per (column, sample).
+    """
+    keep = set(rows.affine)
+    if isinstance(block, SampleColumns):
+        dims = tuple(d + 1 for d in range(1, len(rows.shape)) if d not in keep)
+        data = block.data.sum(dims) if dims else block.data
+        c, n = data.shape[:2]
+        return DenseColumns(
+            data.reshape(c * n, *param_shape), block.sign.reshape(c * n)
+        )
+    dims = tuple(d + 1 for d in range(len(rows.shape)) if d not in keep)
+    data = block.data.sum(dims) if dims else block.data
+    return DenseColumns(data.reshape(data.shape[0], *param_shape), block.sign)
+
+
+class _Normalization(Rule):
+    """Shared by LayerNorm, GroupNorm and BatchNorm in training mode.
+
+    Subclasses give the rows (:class:`_Rows`) and the per-row mean and ``s``.
+    """
+
+    op = ""
+
+    def rows(self, fn) -> _Rows:
+        raise TypeError(f"{type(self).__name__} does not split a value into rows")
+
+    def refuses(self, fn, flows, coupled):
+        if len(flows) > 1 and flows[0] and flows[1] and coupled(0, 1):
+            return f"{type(fn).__name__} (an affine weight that also shapes its input)"
+        return None
+
+    def _state(self, ctx: OpContext):
+        """Rows, xhat and s in the ``[N, R, K]`` / ``[N, R, 1]`` layout, weight."""
+        if "state" not in ctx.memo:
+            fn = ctx.fn
+            rows = self.rows(fn)
+            mean = fn._saved_result1.reshape(rows.n, rows.r, 1)
+            scale = fn._saved_result2.reshape(rows.n, rows.r, 1)
+            xhat = (rows.split(fn._saved_input.unsqueeze(0))[0] - mean) * scale
+            weight = fn._saved_weight
+            if weight is not None:
+                weight = rows.split(rows.weight_view(weight).expand(rows.shape)[None])
+                weight = weight[0]
+            ctx.memo["state"] = rows, xhat, scale, weight
+        return ctx.memo["state"]
+
+    def pullback(self, ctx, block, pos):
+        rows, xhat, scale, weight = self._state(ctx)
+        block = _dense_unless_per_sample(block, rows)
+        if pos == 0:
+            u = rows.split(block.data)
+            if weight is not None:
+                u = u * weight
+            k = rows.k
+            dx = scale * (
+                u - u.sum(-1, keepdim=True) / k - xhat * (u * xhat).sum(-1, True) / k
+            )
+            return type(block)(rows.join(dx), block.sign)
+        data = block.data
+        if pos == 1:
+            data = rows.join(rows.split(data) * xhat)
+        return _to_affine(
+            type(block)(data, block.sign), rows, tuple(ctx.in_shapes[pos])
+        )
+
+    def residual(self, ctx):
+        if not ctx.flows(0):
+            return {}
+        rows, xhat, s, weight = self._state(ctx)
+        h = rows.split(ctx.grad.expand(rows.shape).unsqueeze(0))[0]
+        if weight is not None:
+            h = h * weight
+        k = rows.k
+        a = (h * xhat).sum(-1, keepdim=True)  # [N, R, 1]
+        h_centred = h - h.mean(-1, keepdim=True)
+        # -a Q: the columns Q e_i (Q Q^T = Q), all mean-free like the rest
+        eye = torch.eye(k, dtype=xhat.dtype, device=xhat.device)
+        root = s * (a.abs() / k).sqrt()  # sqrt of |a| s^2 / K
+        centred = root.unsqueeze(-1) * (eye - 1 / k)  # [N, R, K, K]
+        # the rest on the unit vectors p, q along xhat, h~: the symmetric 2x2
+        # form [[3a/K |p|^2, -|p||q|], [-|p||q|, 0]] by its eigenvectors
+        p_norm = xhat.norm(dim=-1, keepdim=True)
+        q_norm = h_centred.norm(dim=-1, keepdim=True)
+        tiny = torch.finfo(xhat.dtype).tiny
+        p = xhat / p_norm.clamp_min(tiny)
+        q = h_centred / q_norm.clamp_min(tiny)
+        alpha, beta = 3 * a / k * p_norm**2, -p_norm * q_norm
+        spread = (alpha**2 / 4 + beta**2).sqrt()
+        pairs = []
+        for lam in (alpha / 2 + spread, alpha / 2 - spread):
+            length = (lam**2 + beta**2).sqrt().clamp_min(tiny)
+            size = s * (lam.abs() / k).sqrt() / length
+            pairs.append((size * (lam * p + beta * q), lam.sign()))
+        factors = torch.cat(
+            [centred, pairs[0][0].unsqueeze(2), pairs[1][0].unsqueeze(2)], dim=2
+        )  # [N, R, K + 2, K]
+        signs = torch.cat([(-a.sign()).expand_as(xhat), pairs[0][1], pairs[1][1]], -1)
+        return {0: self._row_columns(rows, factors, signs)}
+
+    @staticmethod
+    def _row_columns(rows: _Rows, factors: torch.Tensor, signs: torch.Tensor):
+        """Columns ``factors[n, r, j]`` (``[N, R, J, K]``), each on one row ``r``."""
+        n, r, j, k = factors.shape
+        data = factors.new_zeros(r, j, n, r, k)
+        idx = torch.arange(r, device=factors.device)
+        data[idx, :, :, idx] = factors.permute(1, 2, 0, 3)
+        data = rows.join(data.reshape(r * j, n, r, k))  # [R * J, *shape]
+        sign = signs.permute(1, 2, 0).reshape(r * j, n)
+        if rows.per_sample:
+            return SampleColumns(data, sign)
+        return DenseColumns(data, sign.reshape(-1))
+
+
+class LayerNorm(_Normalization):
+    """NativeLayerNormBackward0 (``nn.LayerNorm``, ``F.layer_norm``)."""
+
+    def rows(self, fn):
+        return _layer_norm_rows(fn)
+
+
+class GroupNorm(_Normalization):
+    """NativeGroupNormBackward0 (``nn.GroupNorm``, ``F.group_norm``)."""
+
+    def rows(self, fn):
+        return _group_norm_rows(fn)
+
+
+class BatchNorm(_Normalization):
+    """NativeBatchNormBackward0 (``nn.BatchNorm1d/2d/3d``, ``F.batch_norm``).
+
+    In training mode (batch statistics) a row is a channel over the batch, so
+    the columns are dense: exact, with memory that grows as the square of the
+    activation's size. In eval mode (running statistics) it is the per-channel
+    affine map ``w (x - running_mean) / sqrt(running_var + eps) + b``: linear
+    in ``x``, columns stay per sample, no residual.
+    """
+
+    def rows(self, fn):
+        return _batch_norm_rows(fn)
+
+    def _state(self, ctx):
+        fn = ctx.fn
+        if fn._saved_training or "state" in ctx.memo:
+            return super()._state(ctx)
+        rows = _batch_norm_rows(fn)
+        view = [1] * len(rows.shape)
+        view[1] = rows.shape[1]
+        scale = (fn._saved_running_var + fn._saved_eps).rsqrt().reshape(view)
+        xhat = (fn._saved_input - fn._saved_running_mean.reshape(view)) * scale
+        ctx.memo["state"] = rows, xhat, scale, fn._saved_weight
+        return ctx.memo["state"]
+
+    def pullback(self, ctx, block, pos):
+        if ctx.fn._saved_training:
+            return super().pullback(ctx, block, pos)
+        rows, xhat, scale, weight = self._state(ctx)
+        if isinstance(block, OuterColumns):
+            block = block.to_dense(rows.shape)
+        if pos == 0:
+            factor = scale if weight is None else scale * rows.weight_view(weight)
+            return type(block)(block.data * factor, block.sign)
+        data = block.data * xhat if pos == 1 else block.data
+        return _to_affine(
+            type(block)(data, block.sign), rows, tuple(ctx.in_shapes[pos])
+        )
+
+    def residual(self, ctx):
+        if ctx.fn._saved_training:
+            return super().residual(ctx)
+        return {}
+
+
+NORM_RULES: dict[str, Rule] = {
+    "NativeLayerNormBackward0": LayerNorm(),
+    "NativeGroupNormBackward0": GroupNorm(),
+    "NativeBatchNormBackward0": BatchNorm(),
+}
