@@ -74,7 +74,8 @@ def test_create_graph_example_diff_matches_its_comment():
         r"(\d+) matched, (\d+) added, (\d+) removed, (\d+) freed", BLOCKS[2]
     )
     summary = eval(line_with(2, ".diff(g)"), ns)
-    expected = dict(zip(("matched", "added", "removed", "freed"), claim.groups()))
+    keys = ("matched", "added", "removed", "freed")
+    expected = dict(zip(keys, claim.groups(), strict=True))
     assert {k: str(summary[k]) for k in expected} == expected
 
 
