@@ -12,6 +12,11 @@ between paths are kept: the result is the exact diagonal, equal to the dense
 Hessian's, for any graph whose ops all have a rule. ``ggn=True`` keeps only
 the losses' terms: the Gauss-Newton diagonal.
 
+Columns that will meet no others of their source (an activation's own
+curvature, one column per activation, as a rule) go on to the parameters
+on their own, in slices of about ``CHUNK_BYTES``, before the sweep moves on:
+the peak memory is a few slices, not all the columns at once.
+
 The cost is about that of a few backward passes per column block, with no
 loop over parameters; see ``benchmarks/bench_diagonal.py``.
 
