@@ -16,6 +16,12 @@ the columns small:
   gradients of a matrix product are: column ``(c, n)`` is
   ``left[c, n] (x) right[c, n]`` (transposed when ``transposed``), never
   materialised.
+* :class:`DiagonalColumns`: the columns of ``diag(weights)`` (an
+  activation's own curvature), written out a slice at a time
+  (:func:`take_columns`), so a large set of them need not exist at once.
+
+Columns are independent of each other, so a block can travel in slices of
+its leading (column) axis and the slices' contributions add.
 
 Example:
     >>> import torch
@@ -92,7 +98,84 @@ class OuterColumns:
         return DenseColumns(cols.reshape(c * n, *shape), self.sign.reshape(c * n))
 
 
+@dataclass
+class DiagonalColumns:
+    """The signed columns of ``diag(weights)``, per sample when there is a batch dim.
+
+    Column ``j`` is ``e_j sqrt|w_j|`` with sign ``sign(w_j)``; with a batch
+    dim (``weights`` of shape ``[N, *rest]``) the columns are per-sample
+    (``j`` runs over ``rest``). Nothing is written out until asked for.
+    """
+
+    weights: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        shape = self.weights.shape
+        return shape[1:].numel() if len(shape) >= 2 else shape.numel()
+
+    def take(self, start: int, stop: int) -> DenseColumns | SampleColumns:
+        """Columns ``start:stop`` written out."""
+        w = self.weights
+        k = stop - start
+        idx = torch.arange(k, device=w.device)
+        if w.dim() >= 2:
+            n = w.shape[0]
+            flat = w.reshape(n, -1)[:, start:stop]
+            data = w.new_zeros(k, n, self.count)
+            data[idx, :, start + idx] = flat.abs().sqrt().T
+            return SampleColumns(
+                data.reshape(k, n, *w.shape[1:]), flat.sign().T.contiguous()
+            )
+        flat = w.reshape(-1)[start:stop]
+        data = w.new_zeros(k, self.count)
+        data[idx, start + idx] = flat.abs().sqrt()
+        return DenseColumns(data.reshape(k, *w.shape), flat.sign())
+
+
 Columns = DenseColumns | SampleColumns | OuterColumns
+
+
+def column_count(block: Columns | DiagonalColumns) -> int:
+    """How many slices of the leading axis ``block`` has (``C``)."""
+    if isinstance(block, DiagonalColumns):
+        return block.count
+    if isinstance(block, OuterColumns):
+        return block.sign.shape[0]
+    return block.data.shape[0]
+
+
+def column_bytes(block: Columns | DiagonalColumns) -> int:
+    """Bytes one slice of the leading axis takes once written out."""
+    if isinstance(block, DiagonalColumns):
+        w = block.weights
+        return w.numel() * w.element_size()
+    tensors = (
+        (block.left, block.right) if isinstance(block, OuterColumns) else (block.data,)
+    )
+    return sum(t[0].numel() * t.element_size() for t in tensors)
+
+
+def take_columns(block: Columns | DiagonalColumns, start: int, stop: int) -> Columns:
+    """Columns ``start:stop`` of ``block`` along its leading axis."""
+    if isinstance(block, DiagonalColumns):
+        return block.take(start, stop)
+    if isinstance(block, OuterColumns):
+
+        def cut(t):
+            return t if t.shape[0] == 1 else t[start:stop]
+
+        return OuterColumns(
+            cut(block.left), cut(block.right), block.sign[start:stop], block.transposed
+        )
+    return type(block)(block.data[start:stop], block.sign[start:stop])
+
+
+def written_out(block: Columns | DiagonalColumns) -> Columns:
+    """``block`` as a layout the rules act on (lazy diagonals written out whole)."""
+    if isinstance(block, DiagonalColumns):
+        return block.take(0, block.count)
+    return block
 
 
 def combine(parts: list[Columns], shape: tuple[int, ...]) -> Columns:
@@ -168,15 +251,16 @@ def _outer_diagonal(parts: list[OuterColumns]) -> torch.Tensor:
     total = None
     oriented = [p.oriented() for p in parts]
     sign = parts[0].sign
+    n = sign.shape[1]  # a factor may broadcast over samples (size 1)
     for k, (lk, rk) in enumerate(oriented):
         for m, (lm, rm) in enumerate(oriented):
             if m < k:
                 continue
             lprod, rprod = lk * lm, rk * rm
             if lprod.shape[0] == 1:  # left does not depend on c: sum c first
-                term = lprod[0].T @ _signed_sum(sign, rprod)
+                term = lprod[0].expand(n, -1).T @ _signed_sum(sign, rprod)
             elif rprod.shape[0] == 1:
-                term = _signed_sum(sign, lprod).T @ rprod[0]
+                term = _signed_sum(sign, lprod).T @ rprod[0].expand(n, -1)
             else:
                 term = torch.einsum("cna,cnb->ab", _signed(sign, lprod), rprod)
             total = term * (1 if m == k else 2) + (0 if total is None else total)

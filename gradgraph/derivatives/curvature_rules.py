@@ -29,7 +29,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .curvature_columns import Columns, DenseColumns, OuterColumns, SampleColumns
+from .curvature_columns import (
+    Columns,
+    DenseColumns,
+    DiagonalColumns,
+    OuterColumns,
+    SampleColumns,
+    written_out,
+)
 
 
 class UnsupportedOpError(ValueError):
@@ -60,6 +67,8 @@ class OpContext:
 
 def _scale(block: Columns, factor: Any, out_shape: tuple) -> Columns:
     """Columns times a tensor (or number) that broadcasts against the node value."""
+    if isinstance(factor, int | float) and factor == 1:
+        return block  # no copy
     if isinstance(block, OuterColumns):
         if isinstance(factor, torch.Tensor) and factor.numel() != 1:
             block = block.to_dense(out_shape)
@@ -110,18 +119,7 @@ def diagonal_columns(weights: torch.Tensor) -> Columns | None:
     """Signed columns of ``diag(weights)`` (per sample when there is a batch dim)."""
     if not bool(weights.ne(0).any()):
         return None
-    shape = tuple(weights.shape)
-    root = weights.abs().sqrt()
-    if len(shape) >= 2:
-        n = shape[0]
-        flat = root.reshape(n, -1)
-        d = flat.shape[1]
-        data = torch.diag_embed(flat).transpose(0, 1).reshape(d, n, *shape[1:])
-        return SampleColumns(data, weights.reshape(n, d).sign().T)
-    flat = root.reshape(-1)
-    return DenseColumns(
-        torch.diag(flat).reshape(flat.numel(), *shape), weights.reshape(-1).sign()
-    )
+    return written_out(DiagonalColumns(weights))
 
 
 def _pair(a: Columns, b: Columns) -> tuple[Columns, Columns]:
@@ -460,8 +458,11 @@ class Elementwise(Rule):
         _, d2 = self._d(ctx)
         if isinstance(d2, (int, float)) and d2 == 0:
             return {}
-        cols = diagonal_columns(ctx.grad * d2)
-        return {} if cols is None else {0: cols}
+        weights = ctx.grad * d2
+        if not bool(weights.ne(0).any()):
+            return {}
+        # one column per value: the propagation writes them out a slice at a time
+        return {0: DiagonalColumns(weights)}
 
 
 def _by_autograd(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):

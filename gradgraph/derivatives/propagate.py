@@ -12,6 +12,11 @@ between paths are kept: the result is the exact diagonal, equal to the dense
 Hessian's, for any graph whose ops all have a rule. ``ggn=True`` keeps only
 the losses' terms: the Gauss-Newton diagonal.
 
+Columns that will meet no others of their source (an activation's own
+curvature, one column per activation, as a rule) go on to the parameters
+on their own, in slices of about ``CHUNK_BYTES``, before the sweep moves on:
+the peak memory is a few slices, not all the columns at once.
+
 The cost is about that of a few backward passes per column block, with no
 loop over parameters; see ``benchmarks/bench_diagonal.py``.
 
@@ -32,7 +37,16 @@ import torch
 
 from ..graph import trace
 from ..nodes import ACCUMULATE_OP
-from .curvature_columns import Columns, combine, concatenate, leaf_diagonal
+from .curvature_columns import (
+    Columns,
+    column_bytes,
+    column_count,
+    combine,
+    concatenate,
+    leaf_diagonal,
+    take_columns,
+    written_out,
+)
 from .curvature_norm import NORM_RULES
 from .curvature_rules import RULES as ELEMENTARY_RULES
 from .curvature_rules import OpContext, UnsupportedOpError
@@ -150,44 +164,30 @@ def _no_rule(op: str) -> UnsupportedOpError:
     )
 
 
-def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
+# A source's columns travel in slices of about this many bytes once they are
+# on their own (see :class:`_Drain`), so memory stays bounded by a slice and not
+# by the number of columns (one per activation for an activation's curvature).
+CHUNK_BYTES = 8 << 20
+
+
+def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
+    """What each node's rule sees, from one backward pass for the gradients.
+
+    Returns node -> (its OpContext, the graph node behind each input or None
+    where no parameter's gradient flows).
+    """
     fns, index, reach = plan.fns, plan.index, plan.reach
-    missing = plan.missing_rules()
-    if missing:
-        raise _no_rule(missing[0])
     loss_fn = fns[plan.root]
     grads: dict[int, torch.Tensor] = {}
-    pending: dict[int, dict[int, list[Columns]]] = {}
-    holders: dict[int, set[int]] = {}  # source -> nodes that hold its columns
-    next_source = 0
-    diagonal = [torch.zeros_like(t) for t in plan.params.tensors]
-
-    def deliver(child: int, source: int, block: Columns) -> None:
-        pending.setdefault(child, {}).setdefault(source, []).append(block)
-        holders.setdefault(source, set()).add(child)
-
-    def meets_again(source: int, node: int) -> bool:
-        """Can this source's columns elsewhere reach a parameter ``node`` reaches?"""
-        bits = 0
-        for other in holders[source]:
-            bits |= reach[other]
-        return bool(bits & reach[node])
-
+    contexts: dict[int, tuple[OpContext, list[int | None]]] = {}
     for node in plan.relevant():
-        sources = pending.pop(node, {})
-        for source in sources:
-            holders[source].discard(node)
+        grad = grads.pop(node, None)
         if node in plan.leaf:
-            shape = tuple(diagonal[plan.positions[node]].shape)
-            for parts in sources.values():
-                diagonal[plan.positions[node]] += leaf_diagonal(parts, shape)
             continue
         fn = fns[node]
-        rule = RULES[type(fn).__name__]
-        grad = grads.pop(node, None)
         if fn is loss_fn:
             grad = torch.ones_like(plan.loss)
-        children = [None] * len(fn.next_functions)
+        children: list[int | None] = [None] * len(fn.next_functions)
         for pos, (child_fn, _) in enumerate(fn.next_functions):
             if child_fn is None or not reach[index[child_fn]]:
                 continue
@@ -212,19 +212,140 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
             coupled=lambda i, j, ch=children: bool(reach[ch[i]] & reach[ch[j]]),
             memo={},
         )
+        contexts[node] = (ctx, children)
+    return contexts
+
+
+def _size(parts: list) -> int:
+    return sum(column_count(p) * column_bytes(p) for p in parts)
+
+
+class _Drain:
+    """Carries one source's columns all the way to the parameters, a slice at a time.
+
+    Valid for columns that meet no other columns of their source outside the
+    nodes they start at: then nothing else needs to be added to them before
+    they are squared, and their slices are independent.
+    """
+
+    def __init__(self, plan, contexts, diagonal, chunk_bytes: int):
+        self.plan, self.contexts, self.diagonal = plan, contexts, diagonal
+        self.chunk_bytes = chunk_bytes
+        self.orders: dict[frozenset[int], list[int]] = {}
+
+    def to_leaf(self, node: int, parts: list[Columns]) -> None:
+        k = self.plan.positions[node]
+        self.diagonal[k] += leaf_diagonal(parts, tuple(self.diagonal[k].shape))
+
+    def _order(self, starts: frozenset[int]) -> list[int]:
+        """``starts`` and every node below them, in the propagation's order."""
+        if starts not in self.orders:
+            below, stack = set(starts), list(starts)
+            while stack:
+                node = stack.pop()
+                for child in self.contexts.get(node, (None, []))[1]:
+                    if child is not None and child not in below:
+                        below.add(child)
+                        stack.append(child)
+            self.orders[starts] = [n for n in self.plan.relevant() if n in below]
+        return self.orders[starts]
+
+    def worth_it(self, start: dict[int, list]) -> bool:
+        """Large enough to slice, and sliceable (every part has the same columns)."""
+        counts = {column_count(p) for parts in start.values() for p in parts}
+        total = sum(_size(parts) for parts in start.values())
+        return len(counts) == 1 and total > self.chunk_bytes
+
+    def __call__(self, start: dict[int, list]) -> None:
+        """Propagate the columns ``start`` holds (node -> parts) to the parameters."""
+        parts = [p for ps in start.values() for p in ps]
+        count = column_count(parts[0])
+        step = max(1, self.chunk_bytes // max(1, sum(map(column_bytes, parts))))
+        order = self._order(frozenset(start))
+        for first in range(0, count, step):
+            last = min(first + step, count)
+            pending = {
+                n: [take_columns(p, first, last) for p in ps] for n, ps in start.items()
+            }
+            for node in order:
+                arrived = pending.pop(node, None)
+                if arrived is None:
+                    continue
+                if node in self.plan.leaf:
+                    self.to_leaf(node, arrived)
+                    continue
+                ctx, children = self.contexts[node]
+                block = combine(arrived, ctx.out_shape)
+                del arrived
+                rule = RULES[ctx.op]
+                for pos, child in enumerate(children):
+                    if child is not None:
+                        pending.setdefault(child, []).append(
+                            rule.pullback(ctx, block, pos)
+                        )
+                del block
+
+
+def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.Tensor]:
+    reach = plan.reach
+    missing = plan.missing_rules()
+    if missing:
+        raise _no_rule(missing[0])
+    contexts = _contexts(plan)
+    pending: dict[int, dict[int, list[Columns]]] = {}
+    holders: dict[int, set[int]] = {}  # source -> nodes that hold its columns
+    next_source = 0
+    diagonal = [torch.zeros_like(t) for t in plan.params.tensors]
+    drain = _Drain(plan, contexts, diagonal, CHUNK_BYTES)
+
+    def deliver(child: int, source: int, block: Columns) -> None:
+        pending.setdefault(child, {}).setdefault(source, []).append(block)
+        holders.setdefault(source, set()).add(child)
+
+    def meets_again(source: int, node: int) -> bool:
+        """Can this source's columns elsewhere reach a parameter ``node`` reaches?"""
+        bits = 0
+        for other in holders[source]:
+            bits |= reach[other]
+        return bool(bits & reach[node])
+
+    for node in plan.relevant():
+        sources = pending.pop(node, {})
+        for source in sources:
+            holders[source].discard(node)
+        if node in plan.leaf:
+            for parts in sources.values():
+                drain.to_leaf(node, parts)
+            continue
+        ctx, children = contexts[node]
+        rule = RULES[ctx.op]
         blocks = {s: combine(parts, ctx.out_shape) for s, parts in sources.items()}
+        del sources
         local = [s for s in blocks if not meets_again(s, node)]
+        for s in local:  # large and on their own: to the parameters in slices
+            if drain.worth_it({node: [blocks[s]]}):
+                drain({node: [blocks.pop(s)]})
+        local = [s for s in local if s in blocks]
         if len(local) > 1:  # their columns never meet again: one wider block
             for merged in concatenate([blocks.pop(s) for s in local]):
                 blocks[next_source] = merged
                 next_source += 1
-        for source, block in blocks.items():
+        for source in list(blocks):
+            block = blocks.pop(source)  # freed once every input has its pullback
             for pos, child in enumerate(children):
                 if child is not None:
                     deliver(child, source, rule.pullback(ctx, block, pos))
+            del block
         if not ggn or rule.loss:
+            start: dict[int, list] = {}
             for pos, block in rule.residual(ctx).items():
-                deliver(children[pos], next_source, block)
+                start.setdefault(children[pos], []).append(block)
+            if start and drain.worth_it(start):
+                drain(start)
+                continue
+            for child, parts in start.items():
+                for block in parts:
+                    deliver(child, next_source, written_out(block))
             next_source += 1
     return diagonal
 
