@@ -16,6 +16,10 @@ the columns small:
   gradients of a matrix product are: column ``(c, n)`` is
   ``left[c, n] (x) right[c, n]`` (transposed when ``transposed``), never
   materialised.
+* :class:`ProductColumns`: per-sample columns that are matrix products, as
+  a convolution's per-sample weight gradients are: column ``(c, n)`` is
+  ``left[c, n] @ right[n]^T`` (per group). Only squared and summed at the
+  parameter (a sample at a time, in chunks), never written out whole.
 * :class:`DiagonalColumns`: the columns of ``diag(weights)`` (an
   activation's own curvature), written out a slice at a time
   (:func:`take_columns`), so a large set of them need not exist at once.
@@ -32,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +103,44 @@ class OuterColumns:
         return DenseColumns(cols.reshape(c * n, *shape), self.sign.reshape(c * n))
 
 
+# samples per chunk of ProductColumns' squares: about this many entries at once
+_PRODUCT_CHUNK = 1 << 19
+
+
+@dataclass
+class ProductColumns:
+    """Column ``(c, n)`` is ``left[c, n, g] @ right[n, g]^T`` over groups ``g``.
+
+    ``left`` is ``[C, N, G, O, L]``, ``right`` ``[N, G, K, L]``; the column,
+    ``[G, O, K]``, is read as ``shape`` (``[G * O, K]`` in row-major order).
+    """
+
+    left: torch.Tensor
+    right: torch.Tensor
+    sign: torch.Tensor  # [C, N]
+    shape: tuple[int, ...]
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        data = torch.einsum("cngol,ngkl->cngok", self.left, self.right)
+        c, n = self.sign.shape
+        return DenseColumns(data.reshape(c * n, *shape), self.sign.reshape(c * n))
+
+    def square_sum(self) -> torch.Tensor:
+        """``sum_{c,n} s[c, n] column(c, n)**2``, a chunk of samples at a time."""
+        c, n, g, o, ell = self.left.shape
+        k = self.right.shape[2]
+        step = max(1, _PRODUCT_CHUNK // max(1, c * g * o * max(k, ell)))
+        left = self.left.permute(1, 2, 0, 3, 4)  # [N, G, C, O, L]
+        total = self.left.new_zeros(g, o, k)
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            lhs = left[a:b].reshape((b - a) * g, c * o, ell)
+            rhs = self.right[a:b].reshape((b - a) * g, k, ell).transpose(1, 2)
+            prod = torch.bmm(lhs, rhs).square_().reshape(b - a, g, c, o, k)
+            total += torch.einsum("cn,ngcok->gok", self.sign[:, a:b], prod)
+        return total.reshape(self.shape)
+
+
 @dataclass
 class DiagonalColumns:
     """The signed columns of ``diag(weights)``, per sample when there is a batch dim.
@@ -133,14 +176,14 @@ class DiagonalColumns:
         return DenseColumns(data.reshape(k, *w.shape), flat.sign())
 
 
-Columns = DenseColumns | SampleColumns | OuterColumns
+Columns = DenseColumns | SampleColumns | OuterColumns | ProductColumns
 
 
 def column_count(block: Columns | DiagonalColumns) -> int:
     """How many slices of the leading axis ``block`` has (``C``)."""
     if isinstance(block, DiagonalColumns):
         return block.count
-    if isinstance(block, OuterColumns):
+    if isinstance(block, OuterColumns | ProductColumns):
         return block.sign.shape[0]
     return block.data.shape[0]
 
@@ -150,6 +193,8 @@ def column_bytes(block: Columns | DiagonalColumns) -> int:
     if isinstance(block, DiagonalColumns):
         w = block.weights
         return w.numel() * w.element_size()
+    if isinstance(block, ProductColumns):  # written out: N columns per slice
+        return block.sign.shape[1] * math.prod(block.shape) * block.left.element_size()
     tensors = (
         (block.left, block.right) if isinstance(block, OuterColumns) else (block.data,)
     )
@@ -168,6 +213,10 @@ def take_columns(block: Columns | DiagonalColumns, start: int, stop: int) -> Col
         return OuterColumns(
             cut(block.left), cut(block.right), block.sign[start:stop], block.transposed
         )
+    if isinstance(block, ProductColumns):
+        return ProductColumns(
+            block.left[start:stop], block.right, block.sign[start:stop], block.shape
+        )
     return type(block)(block.data[start:stop], block.sign[start:stop])
 
 
@@ -184,6 +233,9 @@ def combine(parts: list[Columns], shape: tuple[int, ...]) -> Columns:
     The same columns reached the node along different paths, so they add
     (before any squaring). Layouts that differ are written out densely first.
     """
+    parts = [  # the rules act on data: lazy products are written out
+        p.to_dense(shape) if isinstance(p, ProductColumns) else p for p in parts
+    ]
     if len(parts) == 1:
         return parts[0]
     kinds = {type(p) for p in parts}
@@ -269,6 +321,8 @@ def _outer_diagonal(parts: list[OuterColumns]) -> torch.Tensor:
 
 def leaf_diagonal(parts: list[Columns], shape: tuple[int, ...]) -> torch.Tensor:
     """This source's share of a parameter's Hessian diagonal: ``sum_c s_c v_c^2``."""
+    if len(parts) == 1 and isinstance(parts[0], ProductColumns):
+        return parts[0].square_sum()
     if all(isinstance(p, OuterColumns) for p in parts) and len(shape) == 2:
         if len({p.sign.shape for p in parts}) == 1:
             return _outer_diagonal(parts)

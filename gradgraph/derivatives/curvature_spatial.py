@@ -10,8 +10,10 @@ pullbacks run on all columns at once:
 * convolution to its input: the transposed convolution
   (``torch.nn.grad.conv*d_input``) with the columns as the batch;
 * convolution to its weight: per column and sample, the weight gradient
-  ``sum_l v[o, l] x_unfolded[k, l]`` (one batched product over the unfolded
+  ``sum_l v[o, l] x_unfolded[k, l]`` (a batched product over the unfolded
   input), so per-sample columns give per-sample weight columns, exactly;
+  these stay lazy (:class:`.ProductColumns`) and are squared a chunk of
+  samples at a time at the parameter;
 * max pooling: a scatter of each column to the saved argmax indices;
 * average pooling: torch's own pooling backward with the columns as the batch.
 
@@ -27,7 +29,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .curvature_columns import Columns, DenseColumns, OuterColumns, SampleColumns
+from .curvature_columns import (
+    Columns,
+    DenseColumns,
+    OuterColumns,
+    ProductColumns,
+    SampleColumns,
+)
 from .curvature_rules import OpContext, Rule
 
 __all__ = ["SPATIAL_RULES"]
@@ -153,11 +161,8 @@ class Convolution(Rule):
         _, groups, _, positions = unfolded.shape
         c, n = block.data.shape[:2]
         v = block.data.reshape(c, n, groups, -1, positions)
-        if isinstance(block, SampleColumns):
-            data = torch.einsum("cngol,ngkl->cngok", v, unfolded)
-            return DenseColumns(
-                data.reshape(c * n, *weight_shape), block.sign.reshape(-1)
-            )
+        if isinstance(block, SampleColumns):  # squared and summed lazily
+            return ProductColumns(v, unfolded, block.sign, weight_shape)
         data = torch.einsum("cngol,ngkl->cgok", v, unfolded)
         return DenseColumns(data.reshape(c, *weight_shape), block.sign)
 
