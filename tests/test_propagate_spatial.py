@@ -82,8 +82,38 @@ class Padded(nn.Module):
         return self.out(self.b(h).flatten(1))
 
 
+class ReluReadTwice(nn.Module):
+    """One ReLU read by two max pools (its mask moves into both), or by a max
+    pool and an average pool (the ReLU applies its own mask)."""
+
+    def __init__(self, second_max: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.out = nn.Linear(48, 3)
+        self.second_max = second_max
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        a = F.max_pool2d(h, 3, stride=2, padding=1)  # overlapping windows
+        b = F.max_pool2d(h, 2) if self.second_max else F.avg_pool2d(h, 2)
+        return self.out((a + b).flatten(1))
+
+
 MODELS = {
     "cnn_cross_entropy": (cnn, cross_entropy, X),
+    "relu_read_by_two_max_pools": (lambda: ReluReadTwice(True), cross_entropy, X),
+    "relu_read_by_max_and_avg_pool": (lambda: ReluReadTwice(False), mse, X),
+    "relu_maxpool3d": (
+        lambda: nn.Sequential(
+            nn.Conv3d(2, 2, 2, padding=1),
+            nn.ReLU(),
+            nn.MaxPool3d(2, stride=1),
+            nn.Flatten(),
+            nn.Linear(300, 3),
+        ),
+        cross_entropy,
+        X3D,
+    ),
     "cnn_mse": (cnn, mse, X),
     "stride_padding_dilation_groups": (
         lambda: nn.Sequential(

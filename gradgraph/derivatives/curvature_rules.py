@@ -53,6 +53,11 @@ class OpContext:
     in_shapes: list[tuple[int, ...] | None]  # None: no gradient flows there
     coupled: Callable[[int, int], bool]  # do inputs i and j share a parameter?
     memo: dict  # per-node scratch space, so a rule computes a thing once
+    # a ReLU whose consumers are all max pools that apply its 0/1 derivative
+    # (mask_relu_input below): columns arrive masked, the pullback passes them on
+    premasked: bool = False
+    # a max pool over a ReLU's output: mask the columns before the scatter
+    mask_relu_input: bool = False
 
     @property
     def op(self) -> str:
@@ -451,6 +456,8 @@ class Elementwise(Rule):
         return ctx.memo["d"]
 
     def pullback(self, ctx, block, pos):
+        if ctx.premasked:
+            return block
         d1, _ = self._d(ctx)
         return _scale(block, d1, ctx.out_shape)
 

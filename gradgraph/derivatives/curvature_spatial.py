@@ -171,7 +171,9 @@ class MaxPool(Rule):
     """MaxPool{2,3}DWithIndicesBackward0: each output copies one input entry.
 
     Piecewise linear, so no residual; the columns scatter (and add, where
-    windows overlap) to the argmax positions the node saved.
+    windows overlap) to the argmax positions the node saved. Over a ReLU
+    (``ctx.mask_relu_input``) the ReLU's 0/1 derivative is applied here, on
+    the pooled columns, which are smaller than the ReLU's.
     """
 
     def pullback(self, ctx, block, pos):
@@ -182,12 +184,23 @@ class MaxPool(Rule):
         in_shape = ctx.in_shapes[0]
         lead = in_shape[: len(in_shape) - spatial]
         data = block.data.reshape(block.data.shape[0], *lead, -1)
+        if ctx.mask_relu_input:  # the ReLU below passes on what arrives
+            data = data * self._relu_mask(ctx, lead)
         index = indices.reshape(1, *lead, -1).expand_as(data)
         out = data.new_zeros(
             *data.shape[:-1], torch.Size(in_shape[len(lead) :]).numel()
         )
         out.scatter_add_(-1, index, data)
         return type(block)(out.reshape(data.shape[0], *in_shape), block.sign)
+
+    @staticmethod
+    def _relu_mask(ctx: OpContext, lead: tuple) -> torch.Tensor:
+        """The ReLU's derivative at each window's maximum (its output > 0)."""
+        if "relu_mask" not in ctx.memo:
+            x = ctx.fn._saved_self.reshape(*lead, -1)  # the ReLU's output
+            index = ctx.fn._saved_result1.reshape(*lead, -1)
+            ctx.memo["relu_mask"] = (x.gather(-1, index) > 0).to(x.dtype)
+        return ctx.memo["relu_mask"]
 
 
 class AvgPool(Rule):

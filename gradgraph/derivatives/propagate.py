@@ -81,6 +81,7 @@ class _Plan:
         self.shapes = [graph.dag.nodes[i]["shape"] for i in range(len(graph))]
         self.leaf = self._param_nodes()
         self.order = list(nx.topological_sort(graph.dag))
+        self.consumers = {i: list(graph.dag.predecessors(i)) for i in range(len(graph))}
         self.reach: dict[int, int] = {}  # node -> bit set of parameters below it
         for node in reversed(self.order):
             bits = self.leaf.get(node, 0)
@@ -213,7 +214,28 @@ def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
             memo={},
         )
         contexts[node] = (ctx, children)
+    _mask_relus_at_pools(plan, contexts)
     return contexts
+
+
+_MAX_POOLS = {"MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0"}
+
+
+def _mask_relus_at_pools(plan: _Plan, contexts: dict) -> None:
+    """A ReLU read only by max pools: the pools apply its mask on their smaller
+    columns, so the ReLU's own pullback (a pass over its larger ones) is skipped.
+
+    Exact: a pooled column lands on window maxima only, where the ReLU's
+    derivative is the mask the pool applied.
+    """
+    for node, (ctx, _) in contexts.items():
+        if ctx.op != "ReluBackward0":
+            continue
+        pools = [contexts.get(c, (None,))[0] for c in plan.consumers[node]]
+        if pools and all(p is not None and p.op in _MAX_POOLS for p in pools):
+            ctx.premasked = True
+            for pool in pools:
+                pool.mask_relu_input = True
 
 
 def _size(parts: list) -> int:
