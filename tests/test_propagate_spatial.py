@@ -99,8 +99,24 @@ class ReluReadTwice(nn.Module):
         return self.out((a + b).flatten(1))
 
 
+class SharedKernel(nn.Module):
+    """One kernel in two convolutions, once scaled: its per-sample columns
+    meet and pass a multiplication before they reach the parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(3, 2, 3, 3) / 4)
+        self.out = nn.Linear(48, 3)
+
+    def forward(self, x):
+        a = F.max_pool2d(torch.tanh(F.conv2d(x, self.kernel, padding=1)), 2)
+        b = F.conv2d(x, 0.5 * self.kernel, stride=2, padding=1)
+        return self.out((a + b).flatten(1))
+
+
 MODELS = {
     "cnn_cross_entropy": (cnn, cross_entropy, X),
+    "shared_kernel": (SharedKernel, cross_entropy, X),
     "relu_read_by_two_max_pools": (lambda: ReluReadTwice(True), cross_entropy, X),
     "relu_read_by_max_and_avg_pool": (lambda: ReluReadTwice(False), mse, X),
     "relu_maxpool3d": (
