@@ -268,12 +268,19 @@ def _apply_strict_names(fns: list, index: dict, names: Names, attrs: dict) -> No
     :func:`node_facts` already named the AccumulateGrad nodes; here a named leaf
     is marked as an ``input`` and a named intermediate names its grad_fn node.
     """
+    leaves = None  # id(variable) -> AccumulateGrad node, built once if needed
     for key in names.strict:
         tensor = names.tensors[key]
         if tensor.grad_fn is not None:
             node = index.get(tensor.grad_fn)
         elif tensor.requires_grad:
-            node = _accumulate_node(fns, index, tensor)
+            if leaves is None:
+                leaves = {
+                    id(fn.variable): n
+                    for n, fn in enumerate(fns)
+                    if attrs[n]["kind"] == ACCUMULATE
+                }
+            node = leaves.get(key)
         else:
             node = None
         if node is None:
@@ -285,17 +292,6 @@ def _apply_strict_names(fns: list, index: dict, names: Names, attrs: dict) -> No
             attrs[node]["input"] = True
         elif attrs[node]["name"] is None:
             attrs[node]["name"] = names.by_id[key]
-
-
-def _accumulate_node(fns: list, index: dict, leaf: torch.Tensor) -> int | None:
-    """The id of ``leaf``'s AccumulateGrad node in the walk, if it has one."""
-    try:
-        return index.get(torch.autograd.graph.get_gradient_edge(leaf).node)
-    except (NotImplementedError, RuntimeError):  # e.g. sparse leaves: search
-        for node, fn in enumerate(fns):
-            if getattr(fn, "variable", None) is leaf:
-                return node
-        return None
 
 
 def trace(
