@@ -32,7 +32,8 @@ demo: setup
 check-gallery: demo
 	$(BIN)/python tools/browser_check.py out/index.html --screenshot out/gallery.png
 
-test: setup
+# lint first: a style error fails `make test` (and CI) before any test runs
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: setup
