@@ -221,12 +221,12 @@ def estimator_section(model, x, y, label: str, budgets: list[int]) -> str:
         row = [str(m)]
         for method in ("hutchinson", "xdiag"):
             est = gradgraph.hessian_diagonal(
-                loss, model, method, matvecs=m, generator=0, progress=False
+                loss, model, method, matvecs=m, seed=0, progress=False
             )
             row.append(f"{relative(ps.flatten(est.values()), exact):.2g}")
         for method in ("hutchinson", "hutch++", "xtrace"):
             est = gradgraph.hessian_trace(
-                loss, model, method, matvecs=m, generator=0, progress=False
+                loss, model, method, matvecs=m, seed=0, progress=False
             )
             row.append(f"{abs(float(est / trace) - 1):.2g}")
         rows.append(row)
@@ -294,7 +294,7 @@ def eigen_section(model, x, y) -> str:
     loss = F.mse_loss(model(x), y)
     matvec = flat_hvp(loss, ps)
     reference, _ = lanczos_eigenvalues(
-        matvec, ps.numel, tol=1e-14, max_matvecs=600, generator=1, progress=False
+        matvec, ps.numel, tol=1e-14, max_matvecs=600, seed=1, progress=False
     )
     top = float(reference[0])
     rows = []
@@ -310,14 +310,14 @@ def eigen_section(model, x, y) -> str:
             ps.numel,
             tol=1e-30,
             max_matvecs=budget,
-            generator=0,
+            seed=0,
             progress=False,
         )
         row(f"gradgraph Lanczos, budget {budget}", counted.calls, value[0])
         value, calls = pyhessian_top(model, x, y, budget, 0.0)
         row(f"PyHessian power iteration, {budget} iterations", calls, value)
     counted = Counting(matvec)
-    value, _ = lanczos_eigenvalues(counted, ps.numel, generator=0, progress=False)
+    value, _ = lanczos_eigenvalues(counted, ps.numel, seed=0, progress=False)
     row("gradgraph.hessian_eigenvalues defaults (tol 1e-8)", counted.calls, value[0])
     value, calls = pyhessian_top(model, x, y, 100, 1e-3)
     row("PyHessian power iteration, its defaults (tol 1e-3)", calls, value)

@@ -73,7 +73,7 @@ print("estimated diagonals (relative error vs exact):")
 errors, estimates = {}, {}
 for method, matvecs in (("hutchinson", 128), ("xdiag", 32), ("xdiag", 128)):
     estimate = gradgraph.hessian_diagonal(
-        loss, model, method=method, matvecs=matvecs, generator=0, progress=False
+        loss, model, method=method, matvecs=matvecs, seed=0, progress=False
     )
     errors[method, matvecs] = relative_error(estimate)
     estimates[method, matvecs] = torch.cat([d.reshape(-1) for d in estimate.values()])
@@ -88,7 +88,7 @@ print(
     " from a few Hessian-vector products without a backward per entry."
 )
 
-values, _ = gradgraph.hessian_eigenvalues(loss, model, k=1, generator=0, progress=False)
+values, _ = gradgraph.hessian_eigenvalues(loss, model, k=1, seed=0, progress=False)
 top = values[0].item()
 print(f"\ntop eigenvalue: Lanczos {top:.4f}, dense eigvalsh {eigenvalues[-1]:.4f}")
 assert abs(top - eigenvalues[-1].item()) <= 1e-3 * abs(eigenvalues[-1].item())
@@ -96,7 +96,7 @@ assert abs(top - eigenvalues[-1].item()) <= 1e-3 * abs(eigenvalues[-1].item())
 # stochastic Lanczos quadrature: probes x steps HVPs (fewer in the short run)
 probes, steps = (2, 24) if os.environ.get("GRADGRAPH_FAST") == "1" else (4, 40)
 density = gradgraph.hessian_density(
-    loss, model, probes=probes, steps=steps, generator=0, progress=False
+    loss, model, probes=probes, steps=steps, seed=0, progress=False
 )
 low, high = eigenvalues[0].item(), eigenvalues[-1].item()
 slack = 1e-3 * max(abs(low), abs(high))

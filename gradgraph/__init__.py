@@ -10,6 +10,7 @@ Example:
 
 from .derivatives import (
     Curvature,
+    HessianOperator,
     SpectralDensity,
     UnsupportedOpError,
     derivatives,
@@ -38,6 +39,7 @@ __all__ = [
     "Curvature",
     "DotNotFoundError",
     "GradGraph",
+    "HessianOperator",
     "SpectralDensity",
     "UnsupportedOpError",
     "derivatives",

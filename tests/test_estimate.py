@@ -43,7 +43,7 @@ def test_diagonal_error_shrinks_with_matvecs(method):
                 N,
                 method=method,
                 matvecs=m,
-                generator=5,
+                seed=5,
                 progress=False,
             ),
             A.diag(),
@@ -66,7 +66,7 @@ def test_trace_error_shrinks_with_matvecs(method):
                     N,
                     method=method,
                     matvecs=m,
-                    generator=5,
+                    seed=5,
                     progress=False,
                 )
             )
@@ -106,11 +106,29 @@ def test_seeds_reproduce_and_differ():
 
     def run(g):
         return trace_estimate(
-            mv, N, method="hutchinson", generator=g, matvecs=4, progress=False
+            mv, N, method="hutchinson", seed=g, matvecs=4, progress=False
         )
 
     assert torch.equal(run(7), run(torch.Generator().manual_seed(7)))
     assert not torch.equal(run(7), run(8))
+
+
+@pytest.mark.parametrize(
+    "estimate", [diagonal_estimate, trace_estimate, spectral_density]
+)
+def test_generator_is_the_deprecated_spelling_of_seed(estimate):
+    A = decaying()
+    mv = lambda v: A @ v  # noqa: E731
+    options = {"progress": False}
+    if estimate is spectral_density:
+        options.update(probes=2, steps=4)
+    else:
+        options.update(matvecs=8)
+    new = estimate(mv, N, seed=3, **options)
+    with pytest.warns(DeprecationWarning, match=r"generator=\.\.\.\) is deprecated"):
+        old = estimate(mv, N, generator=3, **options)
+    result = (lambda d: d.nodes) if estimate is spectral_density else (lambda t: t)
+    assert torch.equal(result(old), result(new))
 
 
 @pytest.mark.parametrize("which", ["LA", "SA", "LM", "SM"])
@@ -126,7 +144,7 @@ def test_lanczos_matches_eigvalsh(which):
         "SM": torch.argsort(exact.abs()),
     }[which]
     values, vectors = lanczos_eigenvalues(
-        lambda v: A @ v, 60, k=3, which=which, generator=0, progress=False
+        lambda v: A @ v, 60, k=3, which=which, seed=0, progress=False
     )
     torch.testing.assert_close(values, exact[order[:3]])
     torch.testing.assert_close(A @ vectors, vectors * values, atol=1e-6, rtol=0)
@@ -148,9 +166,7 @@ def test_lanczos_finds_repeated_eigenvalues():
     # 4 copies of 5 and 6 other values: the first Krylov space is invariant
     # after 7 steps; new blocks then find the other copies
     A = torch.diag(torch.tensor([5.0] * 4 + [0.0, 1, 2, 3, 4, 4.5]).double())
-    values, vectors = lanczos_eigenvalues(
-        Counted(A), 10, k=5, generator=0, progress=False
-    )
+    values, vectors = lanczos_eigenvalues(Counted(A), 10, k=5, seed=0, progress=False)
     torch.testing.assert_close(values, torch.tensor([5.0] * 4 + [4.5]).double())
     torch.testing.assert_close(vectors.T @ vectors, torch.eye(5).double())
 
@@ -158,18 +174,18 @@ def test_lanczos_finds_repeated_eigenvalues():
 def test_lanczos_stops_when_converged_or_at_the_budget():
     A = decaying(rate=5.0)  # top eigenvalue 1, next 0.63: converges fast
     counted = Counted(A)
-    values, _ = lanczos_eigenvalues(counted, N, tol=1e-10, generator=0, progress=False)
+    values, _ = lanczos_eigenvalues(counted, N, tol=1e-10, seed=0, progress=False)
     torch.testing.assert_close(values, torch.ones(1, dtype=torch.float64))
     assert counted.calls < 40
     counted = Counted(A)
-    lanczos_eigenvalues(counted, N, max_matvecs=5, generator=0, progress=False)
+    lanczos_eigenvalues(counted, N, max_matvecs=5, seed=0, progress=False)
     assert counted.calls == 5
 
 
 def test_spectral_density_moments_and_curve():
     d = torch.linspace(-1, 2, 50, dtype=torch.float64)
     density = spectral_density(
-        lambda v: d * v, 50, probes=3, steps=6, generator=0, progress=False
+        lambda v: d * v, 50, probes=3, steps=6, seed=0, progress=False
     )
     assert density.nodes.shape == (18,)
     torch.testing.assert_close(density.weights.sum(), torch.tensor(1.0).double())
@@ -206,8 +222,12 @@ def test_bad_inputs():
         trace_estimate(mv, N, method="xtrace", matvecs=3)
     with pytest.raises(ValueError, match="same shape"):
         trace_estimate(lambda v: v[:3], N, matvecs=4, progress=False)
-    with pytest.raises(TypeError, match="generator"):
-        trace_estimate(mv, N, generator="seed")
+    with pytest.raises(TypeError, match="seed must be"):
+        trace_estimate(mv, N, seed="seed")
+    with pytest.raises(TypeError, match="only seed="):
+        trace_estimate(mv, N, seed=0, generator=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'probe'"):
+        spectral_density(mv, N, probe=4)  # a misspelt option is not swallowed
     with pytest.raises(TypeError, match="dtype"):
         trace_estimate(mv, N, dtype=torch.int64)
     with pytest.raises(ValueError, match="k must be"):

@@ -7,6 +7,8 @@ import torch
 from scipy.sparse.linalg import eigsh
 
 from gradgraph import (
+    Curvature,
+    HessianOperator,
     hessian_density,
     hessian_diagonal,
     hessian_eigenvalues,
@@ -31,7 +33,7 @@ def test_eigenvalues_match_eigvalsh(name):
             k=len(want),
             which=which,
             tol=1e-10,
-            generator=0,
+            seed=0,
             allow_unused=case.unused,
             progress=False,
         )
@@ -70,7 +72,7 @@ def test_trace_estimates_improve_with_matvecs(method):
             case.model,
             method,
             matvecs=matvecs,
-            generator=0,
+            seed=0,
             progress=False,
         )
         errors.append(abs(float(est) / exact - 1))
@@ -90,7 +92,7 @@ def test_diagonal_estimates_improve_with_matvecs(method):
             case.model,
             method,
             matvecs=matvecs,
-            generator=1,
+            seed=1,
             progress=False,
         )
         errors.append(float((flat(est) - exact).norm() / exact.norm()))
@@ -101,7 +103,7 @@ def test_density_moments_match_the_reference():
     case, H = case_and_hessian("residual_net")
     n = H.shape[0]
     density = hessian_density(
-        case.loss(), case.model, probes=40, steps=n, generator=0, progress=False
+        case.loss(), case.model, probes=40, steps=n, seed=0, progress=False
     )
     eig = torch.linalg.eigvalsh(H)
     # full-length Lanczos: every probe's nodes are the eigenvalues themselves
@@ -130,3 +132,60 @@ def test_matrix_free_bad_inputs():
         hessian_trace(case.loss(), case.model.net, method="power")
     with pytest.raises(ValueError, match="which"):
         hessian_eigenvalues(case.loss(), case.model.net, which="XX")
+
+
+def test_one_loss_is_a_dataset_of_one_batch():
+    """hessian_operator(loss) and Curvature over the one batch are one operator
+    type, and every quantity comes out the same (up to rounding: the dataset
+    weighs its one batch by 9 samples / 9)."""
+    case, H = case_and_hessian("gelu_mlp")
+    one = hessian_operator(case.loss(), case.model, progress=False)
+    data = [(case.inputs, torch.zeros(len(case.inputs)))]  # targets: batch size only
+    dataset = Curvature(case.model, lambda out, _: case.loss_fn(out), data)
+    dataset.progress = False
+    assert isinstance(one, HessianOperator) and isinstance(dataset, HessianOperator)
+    for op in (one, dataset):
+        torch.testing.assert_close(flat(op.diagonal("exact")), H.diagonal())
+    calls = [
+        lambda op: flat(op.diagonal("xdiag", 8, seed=3)),
+        lambda op: op.trace("hutch++", 9, seed=3),
+        lambda op: op.eigenvalues(k=2, seed=4)[0],
+        lambda op: op.density(2, 5, seed=5).nodes,
+        lambda op: op @ torch.linspace(-1, 1, op.dim, dtype=torch.float64),
+    ]
+    for call in calls:
+        torch.testing.assert_close(call(one), call(dataset), rtol=1e-10, atol=1e-12)
+
+
+def test_the_functions_take_an_operator():
+    case, H = case_and_hessian("seed_simple_net")
+    op = hessian_operator(case.loss(), case.model, progress=False)
+    torch.testing.assert_close(hessian_trace(op, method="exact"), torch.trace(H))
+    torch.testing.assert_close(flat(hessian_diagonal(op)), H.diagonal())
+    values, _ = hessian_eigenvalues(op, k=1, tol=1e-10, seed=0)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(H)[-1:])
+    same = hessian_density(case.loss(), case.model, probes=2, steps=4, seed=1)
+    assert torch.equal(hessian_density(op, probes=2, steps=4, seed=1).nodes, same.nodes)
+    with pytest.raises(TypeError, match="belong to the operator"):
+        hessian_trace(op, case.model)
+    with pytest.raises(TypeError, match="belong to the operator"):
+        hessian_trace(op, progress=False)
+    with pytest.raises(TypeError, match="pass the params"):
+        hessian_trace(case.loss())
+
+
+def test_old_spellings_warn_and_give_the_same_numbers():
+    case, _ = case_and_hessian("seed_simple_net")
+    options = {"method": "hutchinson", "matvecs": 3, "progress": False}
+    new = hessian_trace(case.loss(), case.model, seed=2, **options)
+    with pytest.warns(DeprecationWarning, match="pass seed= instead"):
+        old = hessian_trace(case.loss(), case.model, generator=2, **options)
+    assert torch.equal(old, new)
+    exact = hessian_diagonal(case.loss(), case.model, progress=False)
+    with pytest.warns(DeprecationWarning, match="method='exact'"):
+        auto = hessian_diagonal(case.loss(), case.model, "auto", progress=False)
+    assert torch.equal(flat(auto), flat(exact))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'matvec'"):
+        hessian_trace(case.loss(), case.model, matvec=4)  # not swallowed
+    with pytest.raises(TypeError, match="unexpected keyword argument 'generatr'"):
+        hessian_diagonal(case.loss(), case.model, generatr=0)

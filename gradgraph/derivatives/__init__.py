@@ -8,15 +8,17 @@ from .estimate import (
     spectral_density,
     trace_estimate,
 )
-from .hessian import DIAGONAL_METHODS, hessian, hessian_blocks, hessian_diagonal
+from .hessian import DIAGONAL_METHODS, hessian, hessian_blocks
 from .higher import derivatives
 from .hvp import hvp
 from .matrix_free import (
     hessian_density,
+    hessian_diagonal,
     hessian_eigenvalues,
     hessian_operator,
     hessian_trace,
 )
+from .operator import HessianOperator
 from .propagate import (
     UnsupportedOpError,
     diagonal_method,
@@ -28,6 +30,7 @@ from .propagate import (
 __all__ = [
     "DIAGONAL_METHODS",
     "Curvature",
+    "HessianOperator",
     "SpectralDensity",
     "UnsupportedOpError",
     "derivatives",

@@ -25,7 +25,7 @@ Example:
     >>> curv = Curvature(model, torch.nn.functional.mse_loss, data, progress=False)
     >>> curv.dim
     3
-    >>> curv.trace(method="exact") > 0
+    >>> bool(curv.trace(method="exact") > 0)
     True
 """
 
@@ -34,28 +34,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
-from tqdm.auto import tqdm
 
 from .allreduce import same_seed, sum_across_ranks, world
-from .estimate import (
-    PROGRESS_DELAY_S,
-    SpectralDensity,
-    diagonal_estimate,
-    lanczos_eigenvalues,
-    spectral_density,
-    trace_estimate,
-)
-from .hessian import DIAGONAL_METHODS
-from .hvp import flat_hvp
-from .params import as_params, as_vector, check_scalar_loss, grad_checked
-
-PerBatch = Callable[[torch.Tensor], torch.Tensor]
+from .operator import BatchLoss, HessianOperator
+from .params import check_scalar_loss
 
 
-class Curvature:
+class Curvature(HessianOperator):
     """Hessian quantities of the mean of ``loss_fn(model(inputs), targets)`` over data.
 
     Args:
@@ -78,6 +64,12 @@ class Curvature:
 
     The model is used as it is: call ``model.eval()`` first when it has
     dropout or batch norm, or each pass sees a different function.
+
+    A :class:`~gradgraph.derivatives.operator.HessianOperator`: ``diagonal``,
+    ``trace``, ``eigenvalues``, ``density``, ``hvp``, ``gradient``, ``loss``
+    and the scipy ``LinearOperator`` interface come from there, each product one
+    pass over the data (all ranks take part: call them on every rank in the
+    same order).
     """
 
     def __init__(
@@ -120,23 +112,31 @@ class Curvature:
                 f"timeout must be a positive number of seconds or None, "
                 f"got {timeout!r}."
             )
+        super().__init__(params, progress=progress, allow_unused=allow_unused)
         self.model = model
         self.loss_fn = loss_fn
         self.data = data
-        self.params = as_params(params)
-        self.params.check_uniform()
-        self.progress = progress
         self.timeout = timeout
-        self.allow_unused = allow_unused
-        first = self.params.tensors[0]
-        self.dtype, self.device = first.dtype, first.device
 
-    @property
-    def dim(self) -> int:
-        """The number of parameters: the Hessian is ``dim x dim``."""
-        return self.params.numel
+    # ---- where the batches come from, and how ranks combine --------------------
 
-    # ---- one pass over the data ----------------------------------------------
+    def _sources(self) -> Iterable[Any]:
+        return self.data
+
+    def _batch(self, source: Any, index: int) -> BatchLoss:
+        loss, size = self._batch_loss(source, index)
+        return BatchLoss(loss, size, self.params, self.allow_unused)
+
+    def _sum_over_ranks(self, payload: torch.Tensor) -> torch.Tensor:
+        return sum_across_ranks(payload, timeout=self.timeout)
+
+    def _shared_seed(self, seed: torch.Generator | int | None) -> Any:
+        if isinstance(seed, torch.Generator):
+            return seed  # the caller seeds it alike on every rank
+        return same_seed(seed, self.device)
+
+    def _show_progress(self) -> bool:
+        return self.progress and world()[0] == 0
 
     def _batch_loss(self, batch: Any, index: int) -> tuple[torch.Tensor, int]:
         """The scalar loss of one batch, with its graph, and the batch's size."""
@@ -188,214 +188,6 @@ class Curvature:
                 f"mean loss as a scalar tensor; {exc}"
             ) from exc
         return loss, size
-
-    def _pass(self, per_batch: PerBatch, shape: tuple[int, ...], desc: str, bar: bool):
-        """``sum_b n_b per_batch(L_b) / N`` over all batches of all ranks."""
-        rank, _ = world()
-        total = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        count = 0
-        batches = tqdm(
-            self.data,
-            desc=desc,
-            disable=not (bar and self.progress) or rank != 0,
-            delay=PROGRESS_DELAY_S,
-            leave=False,
-        )
-        try:
-            with torch.enable_grad():
-                for index, batch in enumerate(batches):
-                    loss, size = self._batch_loss(batch, index)
-                    total += size * per_batch(loss)
-                    count += size
-                    del loss
-        finally:
-            batches.close()
-        payload = torch.cat(
-            [
-                total.reshape(-1).to(torch.float64),
-                torch.tensor([count], dtype=torch.float64, device=self.device),
-            ]
-        )
-        payload = sum_across_ranks(payload, timeout=self.timeout)
-        count = int(payload[-1].item())
-        if count == 0:
-            raise ValueError(
-                "the data yielded no samples (on any rank); pass a non-empty "
-                "DataLoader or list of (inputs, targets) batches."
-            )
-        return (payload[:-1] / count).to(self.dtype).view(shape)
-
-    # ---- public quantities -----------------------------------------------------
-
-    def loss(self) -> float:
-        """The mean loss over the dataset."""
-        value = self._pass(lambda loss: loss.detach().reshape(1), (1,), "loss", True)
-        return float(value.item())
-
-    def gradient(self) -> Any:
-        """The gradient of the mean loss, in the form of ``params``."""
-
-        def per_batch(loss):
-            grads = grad_checked(loss, self.params, allow_unused=self.allow_unused)
-            return self.params.flatten(grads)
-
-        return self.params.pack(
-            self.params.unflatten(self._pass(per_batch, (self.dim,), "gradient", True))
-        )
-
-    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
-        """``H v`` for one flat vector of ``dim`` entries (the estimators' matvec)."""
-        return self.matmat(vector.reshape(-1, 1)).reshape(-1)
-
-    def matmat(self, matrix: torch.Tensor, bar: bool = False) -> torch.Tensor:
-        """``H V`` for a ``dim x m`` matrix: one forward per batch for all m columns."""
-        if matrix.dim() != 2 or matrix.shape[0] != self.dim:
-            raise ValueError(
-                f"expected a ({self.dim}, m) matrix, got shape {tuple(matrix.shape)}."
-            )
-        matrix = matrix.to(dtype=self.dtype, device=self.device)
-        columns = list(matrix.t())
-
-        def per_batch(loss):
-            batch_matvec = flat_hvp(loss, self.params, allow_unused=self.allow_unused)
-            return torch.stack([batch_matvec(c) for c in columns], dim=1)
-
-        return self._pass(per_batch, (self.dim, matrix.shape[1]), "H V", bar)
-
-    def hvp(self, vector: Any) -> Any:
-        """``H v`` of the mean loss; ``v`` and the result in the form of ``params``.
-
-        ``v`` may also be one flat vector of ``dim`` entries. Under
-        torch.distributed, pass the same ``v`` on every rank.
-        """
-        flat = self.params.flatten(as_vector(vector, self.params))
-        result = self.matmat(flat.reshape(-1, 1), bar=True).reshape(-1)
-        return self.params.pack(self.params.unflatten(result))
-
-    def operator(self) -> LinearOperator:
-        """The Hessian as a scipy ``LinearOperator`` (float64 numpy in and out).
-
-        Every product is one pass over the data (all ranks take part), so
-        under torch.distributed call it on every rank in the same order.
-        """
-
-        def apply(x: np.ndarray) -> np.ndarray:
-            block = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(
-                self.dim, -1
-            )
-            return self.matmat(block).cpu().to(torch.float64).numpy()
-
-        return LinearOperator(
-            (self.dim, self.dim),
-            matvec=lambda x: apply(x).reshape(-1),
-            matmat=apply,
-            rmatvec=lambda x: apply(x).reshape(-1),
-            dtype=np.float64,
-        )
-
-    # ---- estimators (gradgraph.derivatives.estimate on the dataset's matvec) -----
-
-    def _options(self, seed: int | None) -> dict[str, Any]:
-        """What every estimator gets: a seed shared by all ranks, dtype, device, bar."""
-        rank, _ = world()
-        return {
-            "generator": same_seed(seed, self.device),
-            "dtype": self.dtype,
-            "device": self.device,
-            "progress": self.progress and rank == 0,
-        }
-
-    def _exact_diagonal(self, desc: str) -> torch.Tensor:
-        """The flat diagonal of each batch's Hessian, exactly (the fastest exact
-        method of :func:`~gradgraph.hessian_diagonal`), averaged in one pass."""
-
-        def per_batch(loss):
-            exact = DIAGONAL_METHODS["auto"](
-                loss, self.params, allow_unused=self.allow_unused, progress=False
-            )
-            return self.params.flatten(exact)
-
-        return self._pass(per_batch, (self.dim,), desc, True)
-
-    def diagonal(
-        self, method: str = "exact", matvecs: int = 64, seed: int | None = None
-    ) -> Any:
-        """The Hessian's diagonal, in the form of ``params``.
-
-        Args:
-            method: ``"exact"`` (``dim`` batched HVP rows per batch, one pass),
-                or an estimator of :func:`~gradgraph.derivatives.diagonal_estimate`
-                (``"xdiag"``, ``"hutchinson"``), each product one pass.
-            matvecs: products an estimator spends.
-            seed: the estimators' random seed; None draws one on rank 0 and
-                shares it, so every rank uses the same probes.
-        """
-        if method == "exact":
-            flat = self._exact_diagonal("diagonal")
-        else:
-            flat = diagonal_estimate(
-                self.matvec,
-                self.dim,
-                method=method,
-                matvecs=matvecs,
-                **self._options(seed),
-            )
-        return self.params.pack(self.params.unflatten(flat))
-
-    def trace(
-        self, method: str = "exact", matvecs: int = 64, seed: int | None = None
-    ) -> float:
-        """The Hessian's trace: ``"exact"`` (the exact diagonal's sum) or an
-        estimator of :func:`~gradgraph.derivatives.trace_estimate` (``"xtrace"``,
-        ``"hutch++"``, ``"hutchinson"``) spending ``matvecs`` passes."""
-        if method == "exact":
-            value = self._exact_diagonal("trace").sum()
-        else:
-            value = trace_estimate(
-                self.matvec,
-                self.dim,
-                method=method,
-                matvecs=matvecs,
-                **self._options(seed),
-            )
-        return float(value.item())
-
-    def eigenvalues(
-        self,
-        k: int = 1,
-        which: str = "LA",
-        *,
-        tol: float = 1e-8,
-        max_matvecs: int | None = None,
-        seed: int | None = None,
-    ) -> tuple[torch.Tensor, list[Any]]:
-        """``k`` extreme eigenpairs by Lanczos (see
-        :func:`~gradgraph.derivatives.lanczos_eigenvalues`).
-
-        Returns:
-            ``(values, vectors)``: ``(k,)`` values in ``which`` order and a list
-            of ``k`` unit eigenvectors, each in the form of ``params``.
-        """
-        values, vectors = lanczos_eigenvalues(
-            self.matvec,
-            self.dim,
-            k,
-            which,
-            tol=tol,
-            max_matvecs=max_matvecs,
-            **self._options(seed),
-        )
-        packed = [self.params.pack(self.params.unflatten(v)) for v in vectors.t()]
-        return values, packed
-
-    def density(
-        self, probes: int = 8, steps: int = 64, seed: int | None = None
-    ) -> SpectralDensity:
-        """The spectral density by stochastic Lanczos quadrature
-        (:func:`~gradgraph.derivatives.spectral_density`), ``probes * steps`` passes."""
-        return spectral_density(
-            self.matvec, self.dim, probes=probes, steps=steps, **self._options(seed)
-        )
 
 
 def _batch_size(inputs: Any, index: int) -> int:

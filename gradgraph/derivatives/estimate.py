@@ -9,17 +9,18 @@ Every function here works on an operator ``A`` it only sees through products:
   device), for one fixed **symmetric** ``A``. It is called once per vector,
   never with a batch; nothing here differentiates through it.
 - ``dim``: the size ``n`` of ``A``.
-- keyword-only options every function takes: ``generator`` (a
+- keyword-only options every function takes: ``seed`` (a
   ``torch.Generator``, an ``int`` seed, or ``None`` for torch's global RNG; an
-  int seed draws on the CPU, so results do not depend on the device), ``dtype``
+  int seed draws on the CPU, so results do not depend on the device; the old
+  spelling ``generator=`` still works, with a DeprecationWarning), ``dtype``
   and ``device`` of the vectors handed to ``matvec`` (default float64 on the
   CPU), and ``progress`` (a tqdm bar that appears after 2 seconds;
   ``progress=False`` turns it off).
 
-Nothing here knows about autograd: :mod:`gradgraph.derivatives.hessian` builds
-``matvec`` from Hessian-vector products of one loss, a dataset-level curvature
-object can pass a matvec that sums HVPs over batches, and a test can pass
-``lambda v: M @ v`` for a dense matrix.
+Nothing here knows about autograd: a
+:class:`~gradgraph.derivatives.operator.HessianOperator` (of one loss or of a
+dataset) passes its ``matvec``, and a test can pass ``lambda v: M @ v`` for a
+dense matrix.
 
 Estimators and their costs (``matvecs`` is the total number of products):
 
@@ -44,7 +45,7 @@ Example:
     >>> A = torch.diag(torch.arange(1.0, 6.0, dtype=torch.float64))
     >>> trace_estimate(lambda v: A @ v, 5, method="exact", progress=False)
     tensor(15., dtype=torch.float64)
-    >>> values, _ = lanczos_eigenvalues(lambda v: A @ v, 5, k=2, generator=0)
+    >>> values, _ = lanczos_eigenvalues(lambda v: A @ v, 5, k=2, seed=0)
     >>> values.round(decimals=9)
     tensor([5., 4.], dtype=torch.float64)
 """
@@ -58,6 +59,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from ..deprecation import renamed_keyword
 
 __all__ = [
     "DIAGONAL_ESTIMATORS",
@@ -109,7 +112,7 @@ class _Setup:
 
 def _setup(
     dim: Any,
-    generator: Any,
+    seed: Any,
     dtype: torch.dtype,
     device: Any,
     progress: bool,
@@ -118,14 +121,15 @@ def _setup(
         raise ValueError(f"dim must be a positive int, got {dim!r}.")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
-    if isinstance(generator, bool):
-        raise TypeError("generator must be a torch.Generator, an int seed or None.")
-    if isinstance(generator, int):
-        generator = torch.Generator().manual_seed(generator)
-    elif generator is not None and not isinstance(generator, torch.Generator):
+    if isinstance(seed, bool):
+        raise TypeError("seed must be a torch.Generator, an int or None.")
+    generator = seed
+    if isinstance(seed, int):
+        generator = torch.Generator().manual_seed(seed)
+    elif seed is not None and not isinstance(seed, torch.Generator):
         raise TypeError(
-            "generator must be a torch.Generator, an int seed or None, got "
-            f"{type(generator).__name__}."
+            "seed must be a torch.Generator, an int or None, got "
+            f"{type(seed).__name__}."
         )
     return _Setup(dim, generator, dtype, torch.device(device or "cpu"), progress)
 
@@ -277,13 +281,14 @@ def _method(table: dict, method: Any, what: str) -> Callable:
     return table[method]
 
 
+@renamed_keyword("generator", "seed")
 def diagonal_estimate(
     matvec: Matvec,
     dim: int,
     *,
     method: str = "xdiag",
     matvecs: int = 64,
-    generator: torch.Generator | int | None = None,
+    seed: torch.Generator | int | None = None,
     dtype: torch.dtype = torch.float64,
     device: Any = None,
     progress: bool = True,
@@ -303,11 +308,11 @@ def diagonal_estimate(
     Example:
         >>> u = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
         >>> A = torch.outer(u, u)  # rank one: XDiag's sketch captures it exactly
-        >>> diagonal_estimate(lambda v: A @ v, 3, matvecs=4, generator=0).round()
+        >>> diagonal_estimate(lambda v: A @ v, 3, matvecs=4, seed=0).round()
         tensor([1., 4., 9.], dtype=torch.float64)
     """
     estimator = _method(DIAGONAL_ESTIMATORS, method, "diagonal")
-    setup = _setup(dim, generator, dtype, device, progress)
+    setup = _setup(dim, seed, dtype, device, progress)
     return estimator(matvec, setup, matvecs)
 
 
@@ -360,13 +365,14 @@ TRACE_ESTIMATORS: dict[str, Callable[[Matvec, _Setup, int], torch.Tensor]] = {
 }
 
 
+@renamed_keyword("generator", "seed")
 def trace_estimate(
     matvec: Matvec,
     dim: int,
     *,
     method: str = "xtrace",
     matvecs: int = 64,
-    generator: torch.Generator | int | None = None,
+    seed: torch.Generator | int | None = None,
     dtype: torch.dtype = torch.float64,
     device: Any = None,
     progress: bool = True,
@@ -384,11 +390,11 @@ def trace_estimate(
 
     Example:
         >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
-        >>> trace_estimate(lambda v: A @ v, 3, method="hutchinson", generator=0)
+        >>> trace_estimate(lambda v: A @ v, 3, method="hutchinson", seed=0)
         tensor(6., dtype=torch.float64)
     """
     estimator = _method(TRACE_ESTIMATORS, method, "trace")
-    setup = _setup(dim, generator, dtype, device, progress)
+    setup = _setup(dim, seed, dtype, device, progress)
     return estimator(matvec, setup, matvecs)
 
 
@@ -485,6 +491,7 @@ def _pick(theta: torch.Tensor, k: int, which: str) -> torch.Tensor:
     return torch.argsort(theta.abs())[:k]
 
 
+@renamed_keyword("generator", "seed")
 def lanczos_eigenvalues(
     matvec: Matvec,
     dim: int,
@@ -493,7 +500,7 @@ def lanczos_eigenvalues(
     *,
     tol: float = 1e-8,
     max_matvecs: int | None = None,
-    generator: torch.Generator | int | None = None,
+    seed: torch.Generator | int | None = None,
     dtype: torch.dtype = torch.float64,
     device: Any = None,
     progress: bool = True,
@@ -531,7 +538,7 @@ def lanczos_eigenvalues(
     """
     if which not in _WHICH:
         raise ValueError(f"which must be one of {sorted(_WHICH)}, got {which!r}.")
-    setup = _setup(dim, generator, dtype, device, progress)
+    setup = _setup(dim, seed, dtype, device, progress)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= dim:
         raise ValueError(f"k must be an int between 1 and dim={dim}, got {k!r}.")
     if max_matvecs is None:
@@ -634,13 +641,14 @@ class SpectralDensity:
         return ax
 
 
+@renamed_keyword("generator", "seed")
 def spectral_density(
     matvec: Matvec,
     dim: int,
     *,
     probes: int = 8,
     steps: int = 64,
-    generator: torch.Generator | int | None = None,
+    seed: torch.Generator | int | None = None,
     dtype: torch.dtype = torch.float64,
     device: Any = None,
     progress: bool = True,
@@ -653,11 +661,11 @@ def spectral_density(
 
     Example:
         >>> A = torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64))
-        >>> d = spectral_density(lambda v: A @ v, 3, probes=2, steps=3, generator=0)
+        >>> d = spectral_density(lambda v: A @ v, 3, probes=2, steps=3, seed=0)
         >>> round(float(d.moment(1)), 6)  # trace / dim
         2.333333
     """
-    setup = _setup(dim, generator, dtype, device, progress)
+    setup = _setup(dim, seed, dtype, device, progress)
     for name, value in (("probes", probes), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")

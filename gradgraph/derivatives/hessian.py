@@ -8,9 +8,10 @@ rule). They work for any graph autograd can differentiate twice.
 ``hessian_blocks`` returns each parameter's own ``numel x numel`` block
 ``d²L / dθ_p²``: what the seed notebook's "Hessian diagonal" section computes
 when it differentiates each gradient entry against its own parameter.
-``hessian_diagonal`` gives the true diagonal, exactly or by an estimator;
-its ``method`` is looked up in :data:`DIAGONAL_METHODS`, so a new method is
-one entry there.
+:data:`DIAGONAL_METHODS` holds the exact routes to the true diagonal of one
+loss that :func:`~gradgraph.hessian_diagonal` and every
+:class:`~gradgraph.derivatives.operator.HessianOperator` look ``method`` up
+in, so a new exact method is one entry there.
 
 Example:
     >>> import torch
@@ -18,8 +19,8 @@ Example:
     >>> hessian((x[0] * x[1]) ** 2, x)
     tensor([[8., 8.],
             [8., 2.]])
-    >>> hessian_diagonal((x[0] * x[1]) ** 2, x)
-    tensor([8., 2.])
+    >>> DIAGONAL_METHODS["rows"]((x[0] * x[1]) ** 2, as_params(x), progress=False)
+    [tensor([8., 2.])]
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from typing import Any
 
 import torch
 
-from .estimate import diagonal_estimate, progress_bar
-from .hvp import gradient_graph, hessian_matvec
+from .estimate import progress_bar
+from .hvp import gradient_graph
 from .params import ParamSet, as_params
 from .propagate import diagonal_by_propagation, diagonal_method
 
@@ -39,7 +40,6 @@ __all__ = [
     "DIAGONAL_METHODS",
     "hessian",
     "hessian_blocks",
-    "hessian_diagonal",
 ]
 
 DEFAULT_MAX_SIZE = 4096
@@ -206,14 +206,13 @@ def hessian_blocks(
     return ps.pack(blocks)
 
 
-def _diagonal_exact(
+def _diagonal_rows(
     loss: torch.Tensor,
     ps: ParamSet,
     *,
     batch_size: int = 32,
     allow_unused: bool = False,
     progress: bool = True,
-    **_: Any,
 ) -> list[torch.Tensor]:
     """One batched HVP row per coordinate, restricted to its own parameter."""
     grads = gradient_graph(loss, ps, allow_unused=allow_unused)
@@ -227,98 +226,41 @@ def _diagonal_exact(
     return diagonal
 
 
-def _diagonal_estimated(method: str) -> Callable[..., list[torch.Tensor]]:
-    def estimate(
-        loss: torch.Tensor,
-        ps: ParamSet,
-        *,
-        matvecs: int = 64,
-        generator: Any = None,
-        allow_unused: bool = False,
-        progress: bool = True,
-        **_: Any,
-    ) -> list[torch.Tensor]:
-        flat = diagonal_estimate(
-            **hessian_matvec(loss, ps, allow_unused, progress),
-            method=method,
-            matvecs=matvecs,
-            generator=generator,
-        )
-        return ps.unflatten(flat)
-
-    estimate.__name__ = f"_diagonal_{method}"
-    return estimate
-
-
-def _diagonal_auto(
-    loss: torch.Tensor, ps: ParamSet, *, allow_unused: bool = False, **options: Any
+def _diagonal_propagated(
+    loss: torch.Tensor,
+    ps: ParamSet,
+    *,
+    batch_size: int = 32,
+    allow_unused: bool = False,
+    progress: bool = True,
 ) -> list[torch.Tensor]:
-    """Propagation when every op has a curvature rule, else the exact rows."""
-    if diagonal_method(loss, ps, allow_unused=allow_unused) == "propagate":
-        return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
-    return _diagonal_exact(loss, ps, allow_unused=allow_unused, **options)
+    """Curvature propagation (no rows, no bar: ``batch_size``/``progress`` unused)."""
+    return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
+
+
+def _diagonal_exact(
+    loss: torch.Tensor,
+    ps: ParamSet,
+    *,
+    batch_size: int = 32,
+    allow_unused: bool = False,
+    progress: bool = True,
+) -> list[torch.Tensor]:
+    """Propagation when every op has a curvature rule, else the HVP rows."""
+    route = DIAGONAL_METHODS[diagonal_method(loss, ps, allow_unused=allow_unused)]
+    return route(
+        loss, ps, batch_size=batch_size, allow_unused=allow_unused, progress=progress
+    )
 
 
 DIAGONAL_METHODS: dict[str, Callable[..., list[torch.Tensor]]] = {
     "exact": _diagonal_exact,
-    "auto": _diagonal_auto,
-    "propagate": diagonal_by_propagation,
-    "hutchinson": _diagonal_estimated("hutchinson"),
-    "xdiag": _diagonal_estimated("xdiag"),
+    "rows": _diagonal_rows,
+    "propagate": _diagonal_propagated,
 }
-"""``method`` name -> ``fn(loss, paramset, **options) -> per-parameter tensors``.
-
-Options passed: ``matvecs``, ``generator``, ``batch_size``, ``allow_unused``,
-``progress``; a method takes the ones it needs and ignores the rest.
+"""The exact diagonal methods of one loss: ``method`` name ->
+``fn(loss, paramset, *, batch_size, allow_unused, progress)`` -> per-parameter
+tensors. ``"exact"`` picks the fastest exact route (:func:`diagonal_method`
+says which); the estimators (``"xdiag"``, ``"hutchinson"``) live in
+:data:`gradgraph.derivatives.estimate.DIAGONAL_ESTIMATORS`.
 """
-
-
-def hessian_diagonal(
-    loss: torch.Tensor,
-    params: Any,
-    method: str = "auto",
-    *,
-    matvecs: int = 64,
-    generator: torch.Generator | int | None = None,
-    batch_size: int = 32,
-    allow_unused: bool = False,
-    progress: bool = True,
-) -> Any:
-    """The diagonal of the Hessian, in the form of ``params``.
-
-    Args:
-        loss: scalar tensor with a graph.
-        params: Module, dict name -> tensor, list of tensors or one tensor.
-        method: ``"exact"`` (one HVP row per parameter entry, batched;
-            works on any graph), ``"propagate"`` (curvature propagation
-            through the graph, see :mod:`gradgraph.derivatives.propagate`;
-            raises :class:`UnsupportedOpError` naming an op without a rule),
-            ``"auto"`` (``"propagate"`` when every op has a rule, else
-            ``"exact"``; :func:`diagonal_method` says which), ``"xdiag"`` or
-            ``"hutchinson"`` (estimates from ``matvecs`` HVPs; see
-            :mod:`gradgraph.derivatives.estimate`).
-        matvecs: HVPs an estimator may spend.
-        generator: ``torch.Generator`` or int seed for the estimators.
-        batch_size: rows per vmapped backward for ``"exact"``.
-        allow_unused: zeros for parameters the loss does not depend on.
-
-    Example:
-        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
-        >>> hessian_diagonal((w.prod() + w ** 3).sum(), {"w": w})
-        {'w': tensor([ 6., 12.])}
-    """
-    if method not in DIAGONAL_METHODS:
-        raise ValueError(
-            f"unknown method {method!r}; choose one of {sorted(DIAGONAL_METHODS)}."
-        )
-    ps = as_params(params)
-    diagonal = DIAGONAL_METHODS[method](
-        loss,
-        ps,
-        matvecs=matvecs,
-        generator=generator,
-        batch_size=batch_size,
-        allow_unused=allow_unused,
-        progress=progress,
-    )
-    return ps.pack(diagonal)

@@ -73,27 +73,6 @@ def flat_hvp(
     return matvec
 
 
-def hessian_matvec(
-    loss: torch.Tensor,
-    params: ParamSet,
-    allow_unused: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The arguments :mod:`.estimate`'s functions take, for the Hessian of ``loss``.
-
-    ``matvec`` (:func:`flat_hvp`), ``dim``, ``dtype``, ``device``, ``progress``:
-    call e.g. ``trace_estimate(**hessian_matvec(loss, ps), method="xtrace")``.
-    """
-    first = params.tensors[0]
-    return {
-        "matvec": flat_hvp(loss, params, allow_unused=allow_unused),
-        "dim": params.numel,
-        "dtype": first.dtype,
-        "device": first.device,
-        "progress": progress,
-    }
-
-
 def hvp(
     loss: torch.Tensor | None,
     params: Any,

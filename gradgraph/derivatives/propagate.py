@@ -378,7 +378,6 @@ def diagonal_by_propagation(
     *,
     ggn: bool = False,
     allow_unused: bool = False,
-    **_: Any,
 ) -> list[torch.Tensor]:
     """Per-parameter diagonals for a ParamSet (the ``method="propagate"`` entry)."""
     with _graph_alive():
@@ -403,20 +402,20 @@ def _graph_alive():
 
 
 def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False) -> str:
-    """The method ``hessian_diagonal(..., method="auto")`` uses for this loss.
+    """The route ``hessian_diagonal(..., method="exact")`` takes for this loss.
 
     ``"propagate"`` when every op between ``loss`` and ``params`` has a
-    curvature rule, else ``"exact"`` (one HVP row per entry).
+    curvature rule, else ``"rows"`` (one HVP row per entry).
 
     Example:
         >>> import torch
         >>> w = torch.ones(2, requires_grad=True)
         >>> diagonal_method(torch.tanh(w).sum(), w), diagonal_method(w.atan().sum(), w)
-        ('propagate', 'exact')
+        ('propagate', 'rows')
     """
     with _graph_alive():
         missing = _Plan(loss, params, allow_unused).missing_rules()
-    return "exact" if missing else "propagate"
+    return "rows" if missing else "propagate"
 
 
 def propagated_hessian_diagonal(
