@@ -6,13 +6,11 @@ and must take the propagation path, not the exact-rows fallback.
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 import torch.nn as nn
 
-from gradgraph.derivatives import curvature_norm, hessian_diagonal
+from gradgraph.derivatives import hessian_diagonal
 from gradgraph.derivatives.propagate import (
     UnsupportedOpError,
     diagonal_method,
@@ -220,8 +218,3 @@ def test_a_norm_weight_that_shapes_its_own_input_falls_back():
     expected = dense_hessian(model, mse, X).diagonal()
     auto = hessian_diagonal(mse(model(X)), model, progress=False)
     torch.testing.assert_close(flat(auto, model), expected, **TOLERANCE)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(curvature_norm)
-    assert result.attempted > 0 and result.failed == 0

@@ -6,13 +6,11 @@ and must take the propagation path, not the exact-rows fallback.
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 import torch.nn as nn
 
-from gradgraph.derivatives import curvature_spatial, hessian_diagonal
+from gradgraph.derivatives import hessian_diagonal
 from gradgraph.derivatives.propagate import (
     UnsupportedOpError,
     diagonal_method,
@@ -305,8 +303,3 @@ def test_a_transposed_convolution_has_no_rule():
     ]
     with pytest.raises(UnsupportedOpError, match="transposed"):
         propagated_hessian_diagonal(loss, model)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(curvature_spatial)
-    assert result.attempted > 0 and result.failed == 0
