@@ -21,9 +21,15 @@ from typing import Any
 
 import torch
 
-ACCUMULATE = "accumulate"
-OP = "op"
-ROOT = "root"
+# Node kinds (``data["kind"]``), one set used everywhere: what trace() gives ...
+ACCUMULATE = "accumulate"  # AccumulateGrad: a leaf tensor
+OP = "op"  # any other backward function
+ROOT = "root"  # the grad_fn of a traced output
+# ... and the boxes a folded graph (gradgraph.render.collapse) draws instead
+CHAIN = "chain"  # a run of nodes with one input and one output each
+MODULE = "module"  # the nodes of one nn.Module call
+MORE = "more"  # the nodes left over once a node budget is spent
+NODE_KINDS = (ACCUMULATE, OP, ROOT, CHAIN, MODULE, MORE)
 
 ACCUMULATE_OP = "AccumulateGrad"
 SAVED_PREFIX = "_raw_saved_"

@@ -61,6 +61,7 @@ from collections import Counter
 import networkx as nx
 
 from ..graph import GradGraph, _gc_paused
+from ..nodes import ACCUMULATE, CHAIN, MODULE, MORE, OP
 
 MODES = {
     None: (),
@@ -215,11 +216,11 @@ def _box(kind: str, items: list[tuple[int, dict]], label: str, **extra) -> dict:
 def _chain_key(data: dict) -> tuple | None:
     """Nodes chain only with nodes of the same key; None: never in a chain."""
     kind = data["kind"]
-    if kind in ("op", "chain"):
+    if kind in (OP, CHAIN):
         if data.get("name"):
             return None
         return (data.get("order"), data.get("module"))
-    if kind == "module":
+    if kind == MODULE:
         parent = data["module"].rsplit(".", 1)[0] if "." in data["module"] else ""
         return (data.get("order"), "module:" + parent)
     return None
@@ -308,7 +309,7 @@ def _smallest_group(counts: list[int], budget: int) -> int:
 
 def _period(dag: nx.DiGraph, chain: list[int], longest: int = 16) -> int:
     """The shortest repeat of the ops in a chain of module boxes (1 if none)."""
-    if dag._node[chain[0]]["kind"] != "module":
+    if dag._node[chain[0]]["kind"] != MODULE:
         return 1
     forward = [tuple(dag._node[n]["ops"].items()) for n in reversed(chain)]
     for period in range(1, min(longest, len(forward) // 2) + 1):
@@ -340,12 +341,12 @@ def _fold_chain_list(
 def _chain_box(items: list[tuple[int, dict]]) -> dict:
     """A box for a chain ``items`` listed in forward order."""
     first, last = items[0][1], items[-1][1]
-    if first["kind"] == "module":  # a chain of sibling modules
+    if first["kind"] == MODULE:  # a chain of sibling modules
         names = [d["module"] for _, d in items]
         parent = names[0].rsplit(".", 1)[0] if "." in names[0] else None
-        return _box("chain", items[::-1], _span(names), module=parent)
+        return _box(CHAIN, items[::-1], _span(names), module=parent)
     label = f"{_short(first)} … {_short(last)}"  # forward order
-    return _box("chain", items[::-1], label, module=first.get("module"))
+    return _box(CHAIN, items[::-1], label, module=first.get("module"))
 
 
 def _span(names: list[str]) -> str:
@@ -360,9 +361,9 @@ def _span(names: list[str]) -> str:
 
 
 def _short(data: dict) -> str:
-    if data["kind"] == "module":
+    if data["kind"] == MODULE:
         return data["module"]
-    if data["kind"] == "chain":
+    if data["kind"] == CHAIN:
         return data["label"]
     return data["op"]
 
@@ -378,7 +379,7 @@ def fold_modules(graph: GradGraph, depth: int | None = None) -> GradGraph:
     by_module: dict[str, list[int]] = {}
     for node, data in dag._node.items():
         module = data.get("module")
-        if not module and data["kind"] == "accumulate":
+        if not module and data["kind"] == ACCUMULATE:
             module = parameter_module(data.get("name"), known)
         if module:
             if depth is not None:
@@ -387,11 +388,11 @@ def fold_modules(graph: GradGraph, depth: int | None = None) -> GradGraph:
     group: dict[int, int] = {}
     boxes: dict[int, dict] = {}
     for module, nodes in by_module.items():
-        if len(nodes) == 1 and dag._node[nodes[0]]["kind"] == "module":
+        if len(nodes) == 1 and dag._node[nodes[0]]["kind"] == MODULE:
             continue
         nodes.sort()
         items = [(n, dag._node[n]) for n in nodes]
-        box = _box("module", items, "", module=module)
+        box = _box(MODULE, items, "", module=module)
         box["label"] = box["op"] = f"{module} · {len(box['members'])} nodes"
         boxes[nodes[0]] = box
         group.update(dict.fromkeys(nodes, nodes[0]))
@@ -410,7 +411,7 @@ def _fold_sibling_runs(
     children: dict[str, dict[str, list[int]]] = {}
     for node, data in dag._node.items():
         module = data.get("module")
-        if not module and data["kind"] == "accumulate":
+        if not module and data["kind"] == ACCUMULATE:
             module = parameter_module(data.get("name"), known)
         if module and _depth(module) > parent_depth:
             parts = module.split(".")
@@ -434,7 +435,7 @@ def _fold_sibling_runs(
                 continue
             items = [(n, dag._node[n]) for n in nodes]
             module = _span(run) if len(run) > 1 else run[0]
-            box = _box("module", items, "", module=module)
+            box = _box(MODULE, items, "", module=module)
             box["label"] = box["op"] = f"{module} · {len(box['members']):,} nodes"
             boxes[nodes[0]] = box
             group.update(dict.fromkeys(nodes, nodes[0]))
@@ -457,7 +458,7 @@ def fold_rest(graph: GradGraph, max_nodes: int) -> GradGraph:
     rest = [n for n in nodes if n not in keep]
     if not rest:
         return graph
-    box = _box("more", [(n, graph.dag._node[n]) for n in rest], "")
+    box = _box(MORE, [(n, graph.dag._node[n]) for n in rest], "")
     box["label"] = box["op"] = f"+{len(box['members']):,} more nodes"
     return _quotient(graph, dict.fromkeys(rest, rest[0]), {rest[0]: box})
 

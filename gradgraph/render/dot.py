@@ -28,10 +28,13 @@ from collections.abc import Iterator
 import graphviz
 
 from ..graph import GradGraph
+from ..nodes import ACCUMULATE, CHAIN, MODULE, MORE, OP
 from .collapse import collapse as collapse_graph
 from .collapse import parameter_module
 from .style import (
     FONT,
+    FREED,
+    SAVED,
     Theme,
     edge_style,
     node_style,
@@ -106,15 +109,15 @@ def _box_lines(data: dict) -> tuple[str, list[str]]:
     kind = data["kind"]
     shape = _shapes(data)
     name = data.get("name")
-    if kind == "accumulate":
+    if kind == ACCUMULATE:
         return (name or "AccumulateGrad"), [shape]
-    if kind in ("chain", "module", "more"):
+    if kind in (CHAIN, MODULE, MORE):
         size = f"{len(data['members']):,} nodes"
-        if kind == "more":
+        if kind == MORE:
             return data["label"], [size]
-        if kind == "chain":
+        if kind == CHAIN:
             size = f"chain of {size}"
-        title = data["module"] if kind == "module" else data["label"]
+        title = data["module"] if kind == MODULE else data["label"]
         return title, [f"{size} · {shape}", ops_line(data["ops"])]
     if name:
         return name, [f"{data['op']} · {shape}"]
@@ -240,7 +243,7 @@ def _saved_lines(node: int, data: dict, look: Theme) -> Iterator[str]:
     ids = [f"n{node}s{i}" for i in range(len(saved))]
     yield f"{{rank=same; n{node}; {'; '.join(ids)}}}\n"
     for sid, fact in zip(ids, saved, strict=True):
-        kind = "freed" if fact["freed"] else "saved"
+        kind = FREED if fact["freed"] else SAVED
         title, lines = saved_lines(fact)
         text = label(title, *lines, color=look.muted)
         style = _attrs(node_style(kind, look))
@@ -267,7 +270,7 @@ def _header(look: Theme, flow: str, title: str | None) -> list[str]:
     lines = [
         f"\tgraph [{_attrs(graph)}]\n",
         f'\tnode [fontname="{FONT}" fontsize="10" margin="0.12,0.05" height="0.3"'
-        f' penwidth="1.2" {_attrs(look.kinds["op"])}]\n',
+        f' penwidth="1.2" {_attrs(look.kinds[OP])}]\n',
         f'\tedge [color="{look.edge}" arrowsize="0.6"]\n',
     ]
     if title:
@@ -336,11 +339,11 @@ def dot_lines(
 def _cluster_module(data: dict, known: set[str]) -> str | None:
     """The module cluster a node is drawn in (a module box draws its own)."""
     kind = data["kind"]
-    if kind == "module":
+    if kind == MODULE:
         parent = data["module"].rsplit(".", 1)[0] if "." in data["module"] else None
         return parent
     module = data.get("module")
-    if module is None and kind == "accumulate" and known:
+    if module is None and kind == ACCUMULATE and known:
         return parameter_module(data.get("name"), known)
     return module
 

@@ -27,8 +27,9 @@ import os
 from importlib.resources import files
 
 from ..graph import GradGraph
+from ..nodes import OP
 from .dot import dot_lines, dot_source, drawn_graph, pipe, write_file
-from .style import Theme, style_kind
+from .style import FREED, SAVED, Theme, style_kind
 from .style import theme as get_theme
 from .text import shape_text
 
@@ -97,7 +98,7 @@ def node_details(drawn: GradGraph, show_saved: bool = False) -> dict[str, dict]:
 
 def _saved(fact: dict) -> dict:
     info = {"attr": fact["attr"], "freed": fact["freed"]}
-    info["kind"] = "freed" if fact["freed"] else "saved"
+    info["kind"] = FREED if fact["freed"] else SAVED
     if not fact["freed"]:
         info["shape"] = shape_text(fact["dtype"], fact["shape"])
         info["nbytes"] = fact["nbytes"]
@@ -111,7 +112,7 @@ def _css_vars(look: Theme, height: str) -> str:
         "bg": look.background,
         "text": look.text,
         "muted": look.muted,
-        "border": look.kinds["op"]["color"],
+        "border": look.kinds[OP]["color"],
         "panel": look.panel,
         "highlight": look.highlight,
         "height": height,

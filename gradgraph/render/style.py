@@ -30,19 +30,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..nodes import ACCUMULATE, CHAIN, MODULE, MORE, OP, ROOT
+
 FONT = "Helvetica,Arial,sans-serif"
 MONO = "Menlo,Consolas,monospace"
-KINDS = (
-    "accumulate",
-    "leaf-input",
-    "op",
-    "root",
-    "saved",
-    "freed",
-    "chain",
-    "module",
-    "more",
-)
+# kinds that are only looks: a leaf that is no named parameter, saved tensors
+LEAF_INPUT = "leaf-input"
+SAVED = "saved"
+FREED = "freed"
+KINDS = (ACCUMULATE, LEAF_INPUT, OP, ROOT, SAVED, FREED, CHAIN, MODULE, MORE)
+"""Every kind the style table styles: the node kinds of :mod:`gradgraph.nodes`
+and the kinds only a picture has."""
 ORDER_NAMES = ("forward graph", "gradient graph", "HVP graph")
 
 
@@ -65,17 +63,17 @@ class Theme:
 
 def _kinds(fill: dict[str, str], line: dict[str, str], text: str) -> dict:
     shapes = {
-        "saved": ("note", "filled"),
-        "freed": ("note", "filled,dashed"),
-        "chain": ("box", "filled,rounded,bold"),
-        "module": ("box3d", "filled"),
-        "more": ("box", "filled,dashed"),
+        SAVED: ("note", "filled"),
+        FREED: ("note", "filled,dashed"),
+        CHAIN: ("box", "filled,rounded,bold"),
+        MODULE: ("box3d", "filled"),
+        MORE: ("box", "filled,dashed"),
     }
     table = {}
     for kind in KINDS:
         # tensors (leaves, outputs) are rounded; backward ops are plain boxes
         shape, style = shapes.get(kind, ("box", "filled,rounded"))
-        if kind == "op":
+        if kind == OP:
             style = "filled"
         table[kind] = {
             "shape": shape,
@@ -197,8 +195,8 @@ def style_kind(data: dict) -> str:
     ``names=``, which trace marks ``input=True``). Folded boxes keep their kind.
     """
     kind = data["kind"]
-    if kind == "accumulate" and (not data.get("name") or data.get("input")):
-        return "leaf-input"
+    if kind == ACCUMULATE and (not data.get("name") or data.get("input")):
+        return LEAF_INPUT
     return kind
 
 
