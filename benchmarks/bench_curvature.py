@@ -117,7 +117,7 @@ def rank_main(rank: int, world: int, port: int, count: int, threads: int, queue)
     for _ in range(2):
         dist.barrier()
         start = time.perf_counter()
-        value = curv.trace(method="hutchinson", matvecs=2, seed=0)
+        value = float(curv.trace(method="hutchinson", matvecs=2, seed=0))
         times.append(time.perf_counter() - start)
     if rank == 0:
         queue.put((min(times), value))

@@ -106,8 +106,8 @@ def main() -> None:
         "processes": world,
         "parameters": curv.dim,
         "loss": curv.loss(),
-        "trace": curv.trace(),
-        "trace_xtrace_64": curv.trace(method="xtrace", matvecs=64, seed=0),
+        "trace": float(curv.trace()),
+        "trace_xtrace_64": float(curv.trace(method="xtrace", matvecs=64, seed=0)),
         "top_eigenvalues": curv.eigenvalues(k=3, seed=0)[0].tolist(),
     }
     density = curv.density(probes=2, steps=20, seed=0)
