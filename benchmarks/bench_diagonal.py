@@ -16,8 +16,8 @@ A small CNN (Conv2d 1->16, act, MaxPool, Conv2d 16->32, act, MaxPool,
 Flatten, Linear 512->10; 9,930 parameters; 1x16x16 inputs, float32,
 cross-entropy; ReLU with 128 inputs, Tanh with 8, whose residual terms
 carry one column per activation) compares ours with the exact-HVP-rows fallback that
-``hessian_diagonal(method="auto")`` used before convolution and pooling had
-rules (``method="exact"``, timed once), and with BackPACK; ``--nets cnn``
+``hessian_diagonal(method="exact")`` used before convolution and pooling had
+rules (``method="rows"``, timed once), and with BackPACK; ``--nets cnn``
 runs only these rows.
 
 ``--nets norm`` runs the same comparison on normalization layers: an MLP
@@ -151,9 +151,9 @@ def ours(model, x, y):
 
 
 def fallback(model, x, y):
-    """The exact HVP rows (what ``auto`` falls back to without rules)."""
+    """The exact HVP rows (what ``"exact"`` falls back to without rules)."""
     loss = loss_fn(y)(model(x), y)
-    return hessian_diagonal(loss, model, method="exact", progress=False)
+    return hessian_diagonal(loss, model, method="rows", progress=False)
 
 
 def backpack_model(model):
@@ -366,7 +366,7 @@ def main(full_seed_up_to: int, nets: str) -> None:
                 [
                     "net",
                     "params",
-                    "auto uses",
+                    "exact uses",
                     "ours",
                     "exact HVP rows (rows/ours)",
                     "BackPACK (ours/BackPACK)",
