@@ -47,6 +47,7 @@ from .text import shape_text
 NOTEBOOK_MAX_NODES = 250
 VIEW_MAX_NODES = 250  # boxes when a page opens (max_nodes=None)
 EXPAND_BUDGET = 40  # parts shown when one box unfolds
+SAVED_UP_TO = 20_000  # bigger graphs list saved tensors only with show_saved=True
 NODE_FIELDS = (
     "title",
     "lines",
@@ -58,7 +59,6 @@ NODE_FIELDS = (
     "shape",
     "seq_nr",
     "order",
-    "id",
 )
 BOX_FIELDS = ("title", "lines", "kind", "parent", "members", "module", "ops")
 _JSON_ESCAPES = (
@@ -187,6 +187,7 @@ def viewer_data(
     look: Theme,
     flow: str = "forward",
     budget: int = EXPAND_BUDGET,
+    saved: bool = True,
 ) -> dict:
     """What the viewer script reads: nodes, folds, edges, colours.
 
@@ -194,7 +195,8 @@ def viewer_data(
     indices into ``strings``, -1 for none); ``boxes`` one list per box
     (``BOX_FIELDS``); ``edges`` flat pairs drawn ``a -> b`` (input -> consumer
     for ``flow="forward"``); ``extra`` the rare facts (source lines, saved
-    tensors) by node index.
+    tensors, left out when ``saved`` is false) by node index; ``ids`` the
+    node ids when they are not ``0..N-1``.
     """
     text = _Strings()
     parent, boxes = fold_tree(graph, drawn, budget)
@@ -221,9 +223,8 @@ def viewer_data(
             label[5],
             -1 if seq is None else seq,
             -1 if data.get("order") is None else data["order"],
-            node,
         ]
-        more = _extra(data, text)
+        more = _extra(data, text, saved)
         if more:
             extra[i] = more
     box_rows = []
@@ -253,6 +254,7 @@ def viewer_data(
         "boxes": box_rows,
         "edges": edges,
         "roots": [index[r] for r in graph.roots if r in index],
+        "ids": None if order == list(range(len(order))) else order,
         "extra": extra,
         "flow": flow,
         "kinds": _kind_colours(look),
@@ -288,7 +290,7 @@ def _label(data: dict, text: _Strings) -> list[int]:
     ]
 
 
-def _extra(data: dict, text: _Strings) -> dict:
+def _extra(data: dict, text: _Strings, saved: bool = True) -> dict:
     """The rare facts of a node; saved tensors as ``[attr, shape, bytes, of]``
     (strings interned; shape -1: freed by ``backward()``)."""
     out: dict = {}
@@ -297,7 +299,7 @@ def _extra(data: dict, text: _Strings) -> dict:
     for key in ("source", "traceback", "label"):
         if data.get(key):
             out[key] = data[key]
-    saved = [
+    facts = [
         [text(f["attr"]), -1, 0, -1]
         if f["freed"]
         else [
@@ -306,10 +308,10 @@ def _extra(data: dict, text: _Strings) -> dict:
             f["nbytes"],
             text(f.get("of")),
         ]
-        for f in data.get("saved") or ()
+        for f in ((data.get("saved") or ()) if saved else ())
     ]
-    if saved:
-        out["saved"] = saved
+    if facts:
+        out["saved"] = facts
     return out
 
 
@@ -380,7 +382,8 @@ def html_fragment(
         clusters=True,
         flow=flow,
     )
-    data = viewer_data(graph, drawn, look, flow, expand_budget)
+    saved = show_saved or len(graph) <= SAVED_UP_TO
+    data = viewer_data(graph, drawn, look, flow, expand_budget, saved)
     payload = script_json(data, compact=True)
     digest = hashlib.sha1(payload.encode("utf-8")).hexdigest()[:12]
     uid = f"gg-{digest}-{next(_DISPLAYS)}"

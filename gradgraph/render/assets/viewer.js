@@ -8,7 +8,7 @@
   root.setAttribute("data-gg-ready", "1");
   var NS = "http" + "://www.w3.org/2000/svg";
   var D = JSON.parse(root.querySelector("script.gg-data").textContent);
-  var S = D.strings, NF = 11, N = D.nodes.length / NF, B = D.boxes.length;
+  var S = D.strings, NF = 10, N = D.nodes.length / NF, B = D.boxes.length;
   var U = N + B;
   var FONT = "Helvetica, Arial, sans-serif";
   var LEGIBLE = 0.8;  // the smallest scale a jump to a node leaves
@@ -20,6 +20,7 @@
   function parentOf(u) { return field(u, 3); }
   function kindOf(u) { return str(field(u, 2)) || "op"; }
   function titleOf(u) { return str(field(u, 0)) || "?"; }
+  function idOf(u) { return D.ids ? D.ids[u] : u; }
   function linesOf(u) { var t = str(field(u, 1)); return t ? t.split("\n") : []; }
   var ins = [], outs = [];
   for (var u0 = 0; u0 < N; u0++) { ins.push([]); outs.push([]); }
@@ -93,6 +94,7 @@
   // -- layout (dagre) and drawing ------------------------------------------
   var layout = null, shapes = {}, edgeEls = [];
   function relayout() {
+    var started = Date.now();
     computeVisible();
     var g = new dagre.graphlib.Graph({ compound: true });
     g.setGraph({ rankdir: "TB", nodesep: 16, ranksep: 44, marginx: 30, marginy: 30 });
@@ -123,6 +125,7 @@
     layout = { g: g, units: units, clusters: clusters, pairs: pairs,
       width: g.graph().width, height: g.graph().height };
     draw();
+    root.setAttribute("data-layout-ms", Date.now() - started);
   }
   function draw() {
     var g = layout.g;
@@ -163,6 +166,7 @@
       var grp = sv("g", { "class": "gg-node gg-k-" + kind + (isBox(u) ? " gg-box" : ""),
         transform: "translate(" + x + "," + y + ")" }, front);
       grp.ggUnit = u;
+      grp.setAttribute(isBox(u) ? "data-box" : "data-id", isBox(u) ? u - N : idOf(u));
       var style = { fill: look.fill, stroke: look.line };
       if (isBox(u)) {  // a stack of cards: this box holds more
         sv("rect", { x: 4, y: 4, width: n.width, height: n.height, rx: 4, style: "fill:" +
@@ -323,7 +327,7 @@
     var a = document.createElement("a");
     a.href = "#";
     a.className = "gg-link";
-    a.textContent = titleOf(u) + (isBox(u) ? "" : " #" + D.nodes[u * NF + 10]);
+    a.textContent = titleOf(u) + (isBox(u) ? "" : " #" + idOf(u));
     a.ggUnit = u;
     return a;
   }
@@ -367,7 +371,7 @@
       el("h4", "", panel).textContent = "ops inside";
       panel.appendChild(ops);
     } else {
-      row(table, "id", D.nodes[u * NF + 10]);
+      row(table, "id", idOf(u));
       row(table, "kind", kindOf(u));
       LABELS.forEach(function (p) { var v = str(D.nodes[u * NF + p[1]]); if (v) { row(table, p[0], v); } });
       var seq = D.nodes[u * NF + 8], order = D.nodes[u * NF + 9];
@@ -471,7 +475,7 @@
     hay = [];
     for (var u = 0; u < N; u++) {
       hay.push([str(D.nodes[u * NF + 4]), str(D.nodes[u * NF + 5]), str(D.nodes[u * NF + 6]),
-        titleOf(u), "#" + D.nodes[u * NF + 10]].join(" ").toLowerCase());
+        titleOf(u), "#" + idOf(u)].join(" ").toLowerCase());
     }
   }
   function runSearch() {
