@@ -241,7 +241,8 @@ def test_two_displays_of_one_graph_on_one_page(browser, tmp_path):
     roots = browser.find_elements(By.CSS_SELECTOR, ".gg-root")
     chosen = [r.find_elements(By.CSS_SELECTOR, "g.gg-selected") for r in roots]
     assert [e.get_attribute("data-id") for e in chosen[0]] == ["7"]
-    assert [e.get_attribute("data-id") for e in chosen[1]] == [None]  # its box
+    assert chosen[1] == []  # its own selection (the unfolded box) is a frame now
+    assert int(_attr(browser, "data-frames", 1)) == 1  # untouched by the search
 
 
 def test_without_javascript_a_full_size_svg_shows(tmp_path):
