@@ -361,7 +361,7 @@
     var table = el("table", "", panel);
     if (isBox(u)) {
       var b = D.boxes[u - N];
-      row(table, "kind", kindOf(u) + " (folded)");
+      row(table, "kind", kindOf(u) + (expanded[u] ? " (unfolded)" : " (folded)"));
       if (b[5] >= 0) { row(table, "module", str(b[5])); }
       row(table, "nodes folded", b[4].toLocaleString("en"));
       el("p", "gg-tip", panel).textContent = expanded[u] ? "Click its frame to fold it."
