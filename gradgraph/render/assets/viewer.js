@@ -124,6 +124,8 @@
     dagre.layout(g);
     layout = { g: g, units: units, clusters: clusters, pairs: pairs,
       width: g.graph().width, height: g.graph().height };
+    svg.setAttribute("width", Math.ceil(layout.width));
+    svg.setAttribute("height", Math.ceil(layout.height));
     draw();
     root.setAttribute("data-layout-ms", Date.now() - started);
   }
@@ -203,7 +205,8 @@
   var view = { s: 1, x: 0, y: 0 };
   function box() { return { w: canvas.clientWidth || 800, h: canvas.clientHeight || 500 }; }
   function apply() {
-    world.setAttribute("transform", "translate(" + view.x + "," + view.y + ") scale(" + view.s + ")");
+    // a CSS transform on the <svg> box: no SVG relayout on each pan/zoom step
+    svg.style.transform = "translate(" + view.x + "px," + view.y + "px) scale(" + view.s + ")";
     root.setAttribute("data-scale", view.s.toFixed(4));
     placeMini();
   }
@@ -239,14 +242,14 @@
       : Math.max(r.y - r.h / 2 - 30, 0) + c.h / (2 * s);
     centerOn(x, y, s);
   }
-  svg.addEventListener("wheel", function (evt) {
+  canvas.addEventListener("wheel", function (evt) {
     evt.preventDefault();
-    var r = svg.getBoundingClientRect();
+    var r = canvas.getBoundingClientRect();
     var dy = evt.deltaMode === 1 ? evt.deltaY * 20 : evt.deltaY;
     zoomAt(evt.clientX - r.left, evt.clientY - r.top, Math.exp(-Math.max(-300, Math.min(300, dy)) * 0.002));
   }, { passive: false });
   var drag = null, dragged = false;
-  svg.addEventListener("mousedown", function (evt) {
+  canvas.addEventListener("mousedown", function (evt) {
     drag = { x: evt.clientX, y: evt.clientY, vx: view.x, vy: view.y };
     dragged = false;
   });
@@ -295,6 +298,7 @@
       view.s);
   }
   var miniDrag = false;
+  mini.addEventListener("click", function (evt) { evt.stopPropagation(); });
   mini.addEventListener("mousedown", function (evt) {
     evt.stopPropagation(); evt.preventDefault(); miniDrag = true; miniJump(evt);
   });
@@ -450,12 +454,12 @@
     select(u);
   }
   function unitAt(target) {
-    for (var e = target; e && e !== svg; e = e.parentNode) {
+    for (var e = target; e && e !== canvas; e = e.parentNode) {
       if (e.ggUnit !== undefined) { return { u: e.ggUnit, frame: e.classList.contains("gg-frame") }; }
     }
     return null;
   }
-  svg.addEventListener("click", function (evt) {
+  canvas.addEventListener("click", function (evt) {
     if (dragged) { dragged = false; return; }
     var hit = unitAt(evt.target);
     if (!hit) { return select(-1); }
@@ -464,7 +468,7 @@
     select(hit.u);
     focus(hit.u);
   });
-  svg.addEventListener("mouseover", function (evt) {
+  canvas.addEventListener("mouseover", function (evt) {
     var hit = unitAt(evt.target);
     if (hit && pinned < 0 && !hit.frame) { details(hit.u); }
   });
