@@ -80,9 +80,12 @@ def measure(browser, graph, page: Path, query: str) -> list[str]:
     build = time.perf_counter() - start
     start = time.perf_counter()
     browser.get(page.as_uri())
-    while browser.execute_script(
-        "return document.querySelector('.gg-root').getAttribute('data-gg-ready')"
-    ) != "2":
+    while (
+        browser.execute_script(
+            "return document.querySelector('.gg-root').getAttribute('data-gg-ready')"
+        )
+        != "2"
+    ):
         time.sleep(0.05)
     opened = time.perf_counter() - start
     run = lambda js: browser.execute_async_script(NEXT_FRAME, js)  # noqa: E731

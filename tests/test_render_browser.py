@@ -189,8 +189,15 @@ def test_folded_box_unfolds_in_place_and_folds_back(browser, tmp_path):
     frame = _in_view(browser, ".gg-frame")
     assert len(frame) == 1
     # in place: the frame starts near where the box was (same column)
-    assert abs(frame[0].rect["x"] + frame[0].rect["width"] / 2 - before["x"]
-               - before["width"] / 2) < 60
+    assert (
+        abs(
+            frame[0].rect["x"]
+            + frame[0].rect["width"] / 2
+            - before["x"]
+            - before["width"] / 2
+        )
+        < 60
+    )
     _shot(browser, "render_browser_unfold.png")
     frame[0].find_element(By.TAG_NAME, "text").click()
     assert int(_attr(browser, "data-frames")) == 0

@@ -397,7 +397,7 @@ def html_fragment(
         f'<script type="application/json" class="gg-data">{payload}</script>'
         f"<script>{_asset('dagre.min.js').rstrip()}\n"
         f"{_asset('viewer.js').rstrip()}"
-        f'(document.currentScript && document.currentScript.parentNode'
+        f"(document.currentScript && document.currentScript.parentNode"
         f' || document.getElementById("{uid}"));</script></div>'
     )
 

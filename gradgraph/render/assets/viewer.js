@@ -96,7 +96,8 @@
   function relayout() {
     var started = Date.now();
     computeVisible();
-    var g = new dagre.graphlib.Graph({ compound: true });
+    // compound layout (frames around unfolded boxes) only when one is unfolded
+    var g = new dagre.graphlib.Graph({ compound: Object.keys(expanded).length > 0 });
     g.setGraph({ rankdir: "TB", nodesep: 16, ranksep: 44, marginx: 30, marginy: 30 });
     g.setDefaultEdgeLabel(function () { return {}; });
     var units = [], clusters = [];
