@@ -25,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from bench_render import big_model_graph
+from bench_render import big_model_graph, chain
 from common import machine, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,14 +58,6 @@ box.value = '%s';
 box.dispatchEvent(new Event('input'));
 box.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'}));
 """
-
-
-def chain(n: int):
-    x = torch.ones(4, requires_grad=True)
-    y = x
-    for i in range(n):
-        y = y.sin() if i % 2 else y * 1.5
-    return trace(y.sum(), names={x: "x"})
 
 
 def model(layers: int):
@@ -107,7 +98,7 @@ def measure(browser, graph, page: Path, query: str) -> list[str]:
 
 def main() -> None:
     cases = [
-        ("chain", lambda: chain(1000), "sin"),
+        ("chain", lambda: trace(chain(1000).sum()), "sin"),
         ("Linear/LayerNorm/Tanh ×300", lambda: model(300), "layernorm"),
         ("Linear/LayerNorm/Tanh ×1,500", lambda: model(1500), "layernorm"),
     ]

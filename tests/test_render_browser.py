@@ -75,6 +75,15 @@ def _in_view(browser, selector, root=0):
     )
 
 
+def _open_chain(browser, tmp_path):
+    """A 1,000-node chain (folded to ~200 boxes) opened in the browser."""
+    graph = chain_graph(1000)
+    page = tmp_path / "chain.html"
+    graph.to_html(page)
+    _open(browser, page)
+    return graph
+
+
 def _shot(browser, name):
     OUT.mkdir(exist_ok=True)
     browser.save_screenshot(str(OUT / name))
@@ -155,10 +164,7 @@ def test_viewer_zooms_with_the_wheel(browser, tmp_path):
 
 
 def test_big_graph_opens_folded_and_legible(browser, tmp_path):
-    graph = chain_graph(1000)
-    page = tmp_path / "chain.html"
-    graph.to_html(page)
-    _open(browser, page)
+    graph = _open_chain(browser, tmp_path)
     units = int(_attr(browser, "data-units"))
     assert units < len(graph) // 3  # folded
     assert float(_attr(browser, "data-scale")) >= 0.75
@@ -171,10 +177,7 @@ def test_big_graph_opens_folded_and_legible(browser, tmp_path):
 
 
 def test_folded_box_unfolds_in_place_and_folds_back(browser, tmp_path):
-    graph = chain_graph(1000)
-    page = tmp_path / "chain.html"
-    graph.to_html(page)
-    _open(browser, page)
+    _open_chain(browser, tmp_path)
     units = int(_attr(browser, "data-units"))
     box = _in_view(browser, "g.gg-box")[-1]
     members = browser.execute_script(
@@ -205,10 +208,7 @@ def test_folded_box_unfolds_in_place_and_folds_back(browser, tmp_path):
 
 
 def test_search_finds_nodes_inside_folded_boxes(browser, tmp_path):
-    graph = chain_graph(1000)
-    page = tmp_path / "chain.html"
-    graph.to_html(page)
-    _open(browser, page)
+    graph = _open_chain(browser, tmp_path)
     assert browser.find_elements(By.CSS_SELECTOR, "g.gg-node[data-id='500']") == []
     search = browser.find_element(By.CSS_SELECTOR, ".gg-search")
     search.send_keys("#500")
