@@ -40,7 +40,7 @@ import networkx as nx
 from ..graph import GradGraph
 from .collapse import collapse as collapse_graph
 from .dot import dot_lines, dot_source, drawn_graph, node_lines, pipe, write_file
-from .style import Theme, style_kind
+from .style import Theme, order_band, style_kind
 from .style import theme as get_theme
 from .text import shape_text
 
@@ -60,7 +60,7 @@ NODE_FIELDS = (
     "seq_nr",
     "order",
 )
-BOX_FIELDS = ("title", "lines", "kind", "parent", "members", "module", "ops")
+BOX_FIELDS = ("title", "lines", "kind", "parent", "members", "module", "ops", "order")
 _JSON_ESCAPES = (
     ("<", "\\u003c"),
     (">", "\\u003e"),
@@ -240,6 +240,7 @@ def viewer_data(
                 len(data["members"]),
                 text(data.get("module")),
                 ops,
+                -1 if data.get("order") is None else data["order"],
             ]
         )
     edges: list[int] = []
@@ -258,6 +259,7 @@ def viewer_data(
         "extra": extra,
         "flow": flow,
         "kinds": _kind_colours(look),
+        "bands": _bands(graph, look),
     }
 
 
@@ -313,6 +315,14 @@ def _extra(data: dict, text: _Strings, saved: bool = True) -> dict:
     if facts:
         out["saved"] = facts
     return out
+
+
+def _bands(graph: GradGraph, look: Theme) -> dict[int, dict] | None:
+    """One band per derivative order, as in the DOT picture (None: one order)."""
+    orders = {o for _, o in graph.dag.nodes(data="order") if o is not None}
+    if not orders - {0}:
+        return None
+    return {o: order_band(o, look) for o in sorted(orders)}
 
 
 def _kind_colours(look: Theme) -> dict[str, dict]:

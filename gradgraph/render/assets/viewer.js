@@ -21,6 +21,7 @@
   function kindOf(u) { return str(field(u, 2)) || "op"; }
   function titleOf(u) { return str(field(u, 0)) || "?"; }
   function idOf(u) { return D.ids ? D.ids[u] : u; }
+  function orderOf(u) { return isBox(u) ? D.boxes[u - N][7] : D.nodes[u * NF + 9]; }
   function linesOf(u) { var t = str(field(u, 1)); return t ? t.split("\n") : []; }
   var ins = [], outs = [];
   for (var u0 = 0; u0 < N; u0++) { ins.push([]); outs.push([]); }
@@ -97,7 +98,7 @@
     var started = Date.now();
     computeVisible();
     // compound layout (frames around unfolded boxes) only when one is unfolded
-    var g = new dagre.graphlib.Graph({ compound: Object.keys(expanded).length > 0 });
+    var g = new dagre.graphlib.Graph({ compound: !!D.bands || Object.keys(expanded).length > 0 });
     g.setGraph({ rankdir: "TB", nodesep: 16, ranksep: 44, marginx: 30, marginy: 30 });
     g.setDefaultEdgeLabel(function () { return {}; });
     var units = [], clusters = [];
@@ -108,12 +109,16 @@
       units.push(u);
       g.setNode(String(u), { width: size.w, height: size.h });
     }
-    clusters.forEach(function (c) {
-      if (parentOf(c) >= 0) { g.setParent("c" + c, "c" + parentOf(c)); }
-    });
-    units.forEach(function (u) {
-      if (parentOf(u) >= 0) { g.setParent(String(u), "c" + parentOf(u)); }
-    });
+    var bands = [];
+    function nest(name, u) {  // in its unfolded box, else in its derivative order's band
+      var p = parentOf(u), o = orderOf(u);
+      if (p >= 0) { g.setParent(name, "c" + p); return; }
+      if (!D.bands || o < 0 || !D.bands[o]) { return; }
+      if (bands.indexOf(o) < 0) { bands.push(o); g.setNode("o" + o, {}); }
+      g.setParent(name, "o" + o);
+    }
+    clusters.forEach(function (c) { nest("c" + c, c); });
+    units.forEach(function (u) { nest(String(u), u); });
     var seen = new Set(), pairs = [];
     for (var e = 0; e < D.edges.length; e += 2) {
       var a = vis[D.edges[e]], b = vis[D.edges[e + 1]];
@@ -123,7 +128,7 @@
       g.setEdge(String(a), String(b));
     }
     dagre.layout(g);
-    layout = { g: g, units: units, clusters: clusters, pairs: pairs,
+    layout = { g: g, units: units, clusters: clusters, pairs: pairs, bands: bands,
       width: g.graph().width, height: g.graph().height };
     svg.setAttribute("width", Math.ceil(layout.width));
     svg.setAttribute("height", Math.ceil(layout.height));
@@ -135,6 +140,14 @@
     world.textContent = "";
     shapes = {};
     edgeEls = [];
+    layout.bands.forEach(function (o) {
+      var n = g.node("o" + o), look = D.bands[o];
+      sv("rect", { x: n.x - n.width / 2 - 6, y: n.y - n.height / 2 - 24, width: n.width + 12,
+        height: n.height + 30, rx: 10, style: "fill:" + look.fillcolor + ";stroke:" +
+        look.color }, world);
+      sv("text", { x: n.x - n.width / 2 + 4, y: n.y - n.height / 2 - 8, "class": "gg-band" },
+        world).textContent = look.label;
+    });
     var back = sv("g", {}, world), edgeLayer = sv("g", {}, world), front = sv("g", {}, world);
     layout.clusters.forEach(function (c) {
       var n = g.node("c" + c);
