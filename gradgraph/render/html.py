@@ -298,7 +298,7 @@ def _extra(data: dict, text: _Strings, saved: bool = True) -> dict:
     out: dict = {}
     if data.get("shapes"):
         out["shapes"] = [_shape(data.get("dtype"), s) for s in data["shapes"]]
-    for key in ("source", "traceback", "label"):
+    for key in ("source", "traceback"):
         if data.get(key):
             out[key] = data[key]
     facts = [
