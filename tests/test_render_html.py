@@ -158,6 +158,9 @@ def test_bad_path_fails_before_any_layout(tmp_path, monkeypatch):
     monkeypatch.setattr(viewer, "drawn_graph", no_layout)
     with pytest.raises(ValueError, match="cannot write"):
         chain_graph(10).to_html(tmp_path / "missing" / "a.html")
+    with pytest.raises(AssertionError, match="laid out"):
+        chain_graph(10).to_html(tmp_path / "a.html")
+    assert not (tmp_path / "a.html").exists()  # no empty page left behind
 
 
 def test_big_graphs_leave_saved_tensors_out_unless_asked(monkeypatch):

@@ -426,11 +426,17 @@ def to_html(graph: GradGraph, path: str | os.PathLike | None = None, **options) 
     Options as in :func:`html_fragment` (``theme``, ``collapse``, ``max_nodes``,
     ``show_saved``, ``edge_labels``, ``flow``, ``title``, ``expand_budget``).
     """
+    fresh = path is not None and not os.path.exists(path)
     if path is not None:
         write_file(path, b"")  # a bad path fails before any layout
     options.setdefault("height", "100vh")
     look = get_theme(options.get("theme", "light"))
-    fragment = html_fragment(graph, **options)
+    try:
+        fragment = html_fragment(graph, **options)
+    except BaseException:
+        if fresh:  # leave no empty page behind
+            os.remove(path)
+        raise
     page = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
