@@ -52,6 +52,29 @@ FLAGS = [*HEADLESS_FLAGS, "--hide-scrollbars", "--virtual-time-budget=15000"]
 WIDTH = 1280
 
 
+def open_browser(profile, size: str = "1400,900", javascript: bool = True):
+    """A selenium-driven headless Chromium (``HEADLESS_FLAGS``) for page tests."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        raise RuntimeError(
+            "needs Debian's chromium and chromium-driver (make setup installs "
+            "them: apt-get install chromium chromium-driver)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in (*HEADLESS_FLAGS, f"--window-size={size}"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2}
+        )
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+
+
 def chromium(args: list[str], profile: str) -> str:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
