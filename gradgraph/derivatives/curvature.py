@@ -39,6 +39,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from tqdm.auto import tqdm
 
+from ..blockers import math_attention
 from .allreduce import same_seed, sum_across_ranks, world
 from .estimate import (
     PROGRESS_DELAY_S,
@@ -202,7 +203,7 @@ class Curvature:
             leave=False,
         )
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), math_attention():  # twice differentiable
                 for index, batch in enumerate(batches):
                     loss, size = self._batch_loss(batch, index)
                     total += size * per_batch(loss)
