@@ -185,6 +185,7 @@ def recording(
     model: torch.nn.Module | None = None,
     params: Mapping | Any = None,
     names: Mapping | None = None,
+    modules: Any = None,
 ) -> Iterator[BackwardRecord]:
     """Record every backward through ``outputs``' graph run inside the block.
 
@@ -195,6 +196,8 @@ def recording(
     Args:
         *outputs: the tensors whose graph to watch, as for :func:`trace`.
         model, params, names: node names, as for :func:`trace`.
+        modules: a record from :func:`gradgraph.record_modules`, as for
+            :func:`trace`.
 
     Raises:
         ValueError: when a backward already freed the graph's saved tensors.
@@ -209,7 +212,9 @@ def recording(
         >>> len(rec.calls), rec.counts()
         (2, {0: 2, 1: 2, 2: 2})
     """
-    graph = trace(*outputs, model=model, params=params, names=names, keep=True)
+    graph = trace(
+        *outputs, model=model, params=params, names=names, modules=modules, keep=True
+    )
     fns, graph._fns = graph._fns, None
     _check_not_freed(graph)
     record = BackwardRecord(graph)
@@ -234,6 +239,7 @@ def record_backward(
     model: torch.nn.Module | None = None,
     params: Mapping | Any = None,
     names: Mapping | None = None,
+    modules: Any = None,
 ) -> BackwardRecord:
     """Run ``torch.autograd.backward(outputs)`` ``times`` times and record it.
 
@@ -247,7 +253,8 @@ def record_backward(
         retain_graph: keep the saved tensors after each call; needed for
             ``times > 1``.
         times: how many backward calls to run.
-        model, params, names: node names, as for :func:`trace`.
+        model, params, names, modules: node names and modules, as for
+            :func:`trace`.
 
     Returns:
         A :class:`BackwardRecord` with one :class:`BackwardCall` per call.
@@ -264,7 +271,9 @@ def record_backward(
             "the graph's saved tensors and the next one would fail."
         )
     tensors = [t for _, t in _flatten_outputs(outputs)]
-    with recording(*outputs, model=model, params=params, names=names) as record:
+    with recording(
+        *outputs, model=model, params=params, names=names, modules=modules
+    ) as record:
         for _ in range(times):
             try:
                 torch.autograd.backward(
