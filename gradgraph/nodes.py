@@ -172,7 +172,11 @@ def saved_facts(
             else:
                 live = True
                 facts.append(_tensor_fact(label, data, owners))
-                if storages is not None and data.layout is torch.strided:
+                if (
+                    storages is not None
+                    and isinstance(data, torch.Tensor)
+                    and data.layout is torch.strided
+                ):
                     storages.append(storage_key(data))
     # backward releases all of a node's values at once: if one is still held,
     # the missing ones were never saved; else ask each (a never-saved value
