@@ -55,7 +55,10 @@ SDPA_FIX = (
     "torch.nn.attention.SDPBackend.MATH):` (the math kernel is twice "
     'differentiable), or load a transformers model with attn_implementation="eager"'
 )
-_SDPA = re.compile(r"(ScaledDotProduct\w*(Flash|Efficient|Cudnn|Overrideable)|^(Flash|Efficient)Attention)\w*Backward")
+_SDPA = re.compile(  # fused attention kernels: flash, memory-efficient, cuDNN
+    r"(ScaledDotProduct\w*(Flash|Efficient|Cudnn|Overrideable)"
+    r"|^(Flash|Efficient)Attention)\w*Backward"
+)
 _NO_DOUBLE_BACKWARD = {  # checked on torch 2.13: their backward has no derivative
     "CtcLossBackward0": "ctc_loss",
     "CudnnCtcLossBackward0": "ctc_loss (cuDNN)",
@@ -77,7 +80,7 @@ class Blocker:
     """A node whose backward torch cannot differentiate again.
 
     Attributes:
-        op: the node's class name, e.g. ``"ScaledDotProductFlashAttentionForCpuBackward0"``.
+        op: the node's class name, e.g. ``"CdistBackward0"``.
         node: its id in ``trace(loss)``.
         module: the module that created it (with ``modules=``), else None.
         reason: why it blocks, in words.
@@ -238,15 +241,16 @@ def second_order_failure(exc: BaseException) -> SecondOrderError | None:
     handed in with their graph): the op comes from torch's message.
 
     Example:
-        >>> err = RuntimeError("derivative for aten::_cdist_backward is not implemented")
+        >>> err = RuntimeError("derivative for aten::_pdist_backward is not "
+        ...                    "implemented")
         >>> print(second_order_failure(err))  # doctest: +ELLIPSIS
-        a double backward failed: torch has no derivative for _cdist_backward ...
+        a double backward failed: torch has no derivative for _pdist_backward ...
     """
     match = _MISSING.search(str(exc))
     if match is None:
         return None
     what = match.group(1) or "a @once_differentiable custom Function's backward"
-    fix = SDPA_FIX if "attention" in what else "see gradgraph.second_order_blockers(loss)"
+    fix = SDPA_FIX if "attention" in what else "see second_order_blockers(loss)"
     return SecondOrderError(
         f"a double backward failed: torch has no derivative for {what} (the "
         f"backward of a node of the loss's graph); {fix}. "

@@ -86,9 +86,7 @@ def saved_memory(graph: GradGraph, by: str | None = None) -> int | dict:
         An int, or a dict sorted by key (modules: None last).
     """
     if by not in BY:
-        raise ValueError(
-            f"by={by!r}; use None (total), 'op', 'module' or 'node'."
-        )
+        raise ValueError(f"by={by!r}; use None (total), 'op', 'module' or 'node'.")
     per_node = saved_bytes_by_node(graph)
     if by is None:
         return sum(per_node.values())

@@ -217,9 +217,7 @@ def find_nonfinite(
     if culprit is None:
         return None
     data = graph.dag.nodes[culprit]
-    root = next(
-        (r for r in graph.roots if nx.has_path(graph.dag, r, culprit)), culprit
-    )
+    root = next((r for r in graph.roots if nx.has_path(graph.dag, r, culprit)), culprit)
     return NonFiniteReport(
         op=data["op"],
         node=culprit,

@@ -47,18 +47,27 @@ _graph_task_id = getattr(torch._C, "_current_graph_task_id", lambda: 0)
 
 @dataclass(frozen=True)
 class GradFlow:
-    """One gradient as plain data: its shape and 2-norm (None when undefined)."""
+    """One gradient as plain data: its shape and 2-norm (None when undefined);
+    for gradients arriving at a leaf also the mean and max of its absolute
+    values."""
 
     shape: tuple[int, ...] | None
     norm: float | None
+    mean_abs: float | None = None
+    max_abs: float | None = None
 
     @classmethod
-    def of(cls, grad: torch.Tensor | None) -> GradFlow:
+    def of(cls, grad: torch.Tensor | None, stats: bool = False) -> GradFlow:
         if grad is None:
             return cls(None, None)
         with torch.no_grad():
-            norm = torch.linalg.vector_norm(grad.detach().double()).item()
-        return cls(tuple(grad.shape), norm)
+            g = grad.detach().double()
+            norm = torch.linalg.vector_norm(g).item()
+            if not stats or not g.numel():
+                return cls(tuple(grad.shape), norm)
+            size = g.abs()
+            mean, top = size.mean().item(), size.max().item()
+        return cls(tuple(grad.shape), norm, mean, top)
 
 
 @dataclass
@@ -146,10 +155,10 @@ class BackwardRecord:
             self.calls.append(BackwardCall())
         return self.calls[-1]
 
-    def _before(self, node: int, grads: Sequence) -> None:
+    def _before(self, node: int, grads: Sequence, leaf: bool = False) -> None:
         call = self._call()
         call.order.append(node)
-        call.incoming[node] = tuple(GradFlow.of(g) for g in grads)
+        call.incoming[node] = tuple(GradFlow.of(g, stats=leaf) for g in grads)
 
     def _after(self, node: int, grads: Sequence, leaf: torch.Tensor | None) -> None:
         call = self._call()
@@ -171,7 +180,7 @@ def _hooks(record: BackwardRecord, node: int, fn: Any) -> tuple:
     leaf = fn.variable if record.graph.dag.nodes[node]["kind"] == ACCUMULATE else None
 
     def before(grad_outputs):
-        record._before(node, grad_outputs)
+        record._before(node, grad_outputs, leaf is not None)
 
     def after(grad_inputs, grad_outputs):
         record._after(node, grad_inputs, leaf)

@@ -81,9 +81,7 @@ def emphasized_dot(
                 extra[node] = {"fillcolor": fill}
     on_path = [box[n] for n in trail if n in box]
     for node in on_path:
-        extra.setdefault(node, {}).update(
-            {"color": look.highlight, "penwidth": "2.5"}
-        )
+        extra.setdefault(node, {}).update({"color": look.highlight, "penwidth": "2.5"})
     for node in mark:
         if node in box:
             extra.setdefault(box[node], {}).update(
