@@ -37,6 +37,7 @@ import networkx as nx
 import torch
 
 from .graph import GradGraph, trace
+from .nodes import ACCUMULATE
 from .recorder import BackwardRecord, GradFlow, record_backward
 
 __all__ = ["NonFiniteReport", "find_nonfinite"]
@@ -75,6 +76,9 @@ class NonFiniteReport:
         path: node ids from the root (the loss) to the node.
         received: norms of the gradients that arrived at the node (finite).
         sent: norms of the gradients it sent on (some inf or NaN).
+        reaches: names (or node ids) of the leaves whose gradient in this
+            backward holds inf/NaN; ``[]`` when later nodes masked it (e.g. a
+            ReLU's zero slope) and every ``.grad`` stayed finite.
         graph: the traced graph (with ``module`` when ``modules=`` was given).
         record: the full :class:`gradgraph.recorder.BackwardRecord`.
     """
@@ -87,6 +91,7 @@ class NonFiniteReport:
     path: list[int]
     received: tuple[float | None, ...]
     sent: tuple[float | None, ...]
+    reaches: list[str | int]
     graph: GradGraph = field(repr=False)
     record: BackwardRecord = field(repr=False)
 
@@ -115,6 +120,12 @@ class NonFiniteReport:
         if self.source:
             text += f" It was created at {self.source}."
         text += f" Path from the loss: {' -> '.join(self.path_ops)}."
+        if self.reaches:
+            shown = ", ".join(map(str, self.reaches[:5]))
+            more = f" and {len(self.reaches) - 5} more" if len(self.reaches) > 5 else ""
+            text += f" It reaches the gradient of {shown}{more}."
+        else:
+            text += " Later nodes mask it: every leaf's gradient stays finite."
         if self.cause:
             text += f" Likely cause: {self.cause}."
         return text
@@ -227,6 +238,12 @@ def find_nonfinite(
         path=nx.shortest_path(graph.dag, root, culprit),
         received=tuple(f.norm for f in call.incoming[culprit]),
         sent=tuple(f.norm for f in call.outgoing[culprit]),
+        reaches=[
+            graph.dag.nodes[n]["name"] or n
+            for n in call.order
+            if graph.dag.nodes[n]["kind"] == ACCUMULATE
+            and not _finite(call.incoming[n])
+        ],
         graph=graph,
         record=record,
     )
