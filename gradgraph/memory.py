@@ -158,5 +158,8 @@ def _shading(graph: GradGraph, options: dict) -> dict:
     per_node = saved_bytes_by_node(graph)
     total = sum(per_node.values())
     options.setdefault("title", f"saved for backward: {total / 2**20:.2f} MiB")
-    lines = {n: [f"saves {b / 1024:.1f} KiB"] for n, b in per_node.items() if b}
-    return {"shade": per_node, "lines": lines} | options
+    return {"shade": per_node, "shade_text": _saves} | options
+
+
+def _saves(nbytes: float) -> str:
+    return f"saves {nbytes / 1024:.1f} KiB"

@@ -5,9 +5,9 @@ flow) draw the ordinary picture of :mod:`gradgraph.render.dot` with three
 additions, all in the theme's ``highlight`` colour: ``mark`` fills nodes,
 ``trail`` draws a chain of nodes and the edges between them bold, ``shade``
 fills each node with the highlight colour at an opacity proportional to a
-number (saved bytes, gradient norm). ``lines`` adds text lines to boxes. On a
+number (saved bytes, gradient norm). ``lines`` adds text lines to nodes. On a
 folded graph a box gets the sum of its members' shades and is marked when
-any member is.
+any member is; lines keyed by a member are dropped unless it names the box.
 
 Example:
     >>> import torch
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..graph import GradGraph
 from .collapse import member_box
@@ -46,6 +46,7 @@ def emphasized_dot(
     mark: set[int] | frozenset[int] = frozenset(),
     trail: Sequence[int] = (),
     shade: Mapping[int, float] | None = None,
+    shade_text: Callable[[float], str] | None = None,
     lines: Mapping[int, Sequence[str]] | None = None,
     title: str | None = None,
     theme: str = "light",
@@ -61,6 +62,8 @@ def emphasized_dot(
         trail: nodes (in order) whose borders and connecting edges are bold.
         shade: node -> a number >= 0; fill opacity grows with it (largest
             = opaque). Folded boxes sum their members.
+        shade_text: turns a node's (or box's) shade value into a line of text
+            in its box, e.g. ``lambda b: f"{b / 1024:.1f} KiB"``.
         lines: node -> extra text lines in its box (kept on unfolded nodes).
         title, theme, collapse, max_nodes, flow: as for :func:`gradgraph.trace`'s
             ``render`` (see :func:`gradgraph.render.dot.to_dot`).
@@ -91,6 +94,11 @@ def emphasized_dot(
                     "penwidth": "3",
                 }
             )
+    if shade and shade_text:
+        lines = {**(lines or {})}
+        for node, value in totals.items():
+            if value > 0:
+                lines[node] = [*lines.get(node, ()), shade_text(value)]
     if lines:
         drawn = _with_lines(drawn, lines)
     body = dot_lines(drawn, look, flow=flow, title=title, extra=extra)
@@ -110,8 +118,8 @@ def _with_lines(graph: GradGraph, lines: Mapping[int, Sequence[str]]) -> GradGra
     """A copy of ``graph`` whose nodes in ``lines`` show those lines too."""
     dag = graph.dag.copy()
     for node, more in lines.items():
-        if node in dag and "members" not in dag.nodes[node]:
-            data = dag.nodes[node]
+        if node in dag:
+            data = dag.nodes[node]  # copy() gave each node its own dict
             data["attrs"] = (*data.get("attrs", ()), *more)
     return GradGraph(dag, list(graph.roots), list(graph.outputs))
 
