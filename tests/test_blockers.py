@@ -11,8 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import gradgraph
 from gradgraph import SecondOrderError, record_modules, second_order_blockers
 from tests.test_hygiene import global_state
-
-transformers = pytest.importorskip("transformers")
+from tests.tiny_transformers import tiny_gpt2, tiny_llama
 
 
 def encoder():
@@ -62,49 +61,13 @@ def test_the_math_kernel_and_eager_models_have_no_blockers():
     loss = encoder_loss(model, math=True)
     assert second_order_blockers(loss) == []
     assert not double_backward_fails(loss, list(model.parameters()))
-    torch.manual_seed(0)
-    ids = torch.randint(0, 64, (2, 8))
-    for model in (
-        transformers.GPT2LMHeadModel(
-            transformers.GPT2Config(
-                n_layer=2,
-                n_embd=32,
-                n_head=2,
-                vocab_size=64,
-                n_positions=32,
-                attn_implementation="eager",
-            )
-        ),
-        transformers.LlamaForCausalLM(
-            transformers.LlamaConfig(
-                vocab_size=64,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                attn_implementation="eager",
-            )
-        ),
-    ):
+    for model, ids in (tiny_gpt2(), tiny_llama()):
         loss = model(ids, labels=ids).loss
         assert second_order_blockers(loss) == []
 
 
 def test_transformers_sdpa_attention_is_found_where_torch_picks_flash():
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            attn_implementation="sdpa",
-        )
-    )
-    ids = torch.randint(0, 64, (2, 8))
+    model, ids = tiny_llama(attn="sdpa", layers=1)
     loss = model(ids, labels=ids).loss
     found = second_order_blockers(loss)
     assert bool(found) == double_backward_fails(

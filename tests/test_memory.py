@@ -12,8 +12,7 @@ import torch.nn as nn
 import gradgraph
 from gradgraph import record_modules, trace
 from gradgraph.memory import memory_dot, saved_bytes_by_node
-
-transformers = pytest.importorskip("transformers")
+from tests.tiny_transformers import tiny_gpt2, tiny_llama
 
 
 def hooks_count(model: nn.Module, forward) -> tuple[torch.Tensor, int]:
@@ -33,34 +32,12 @@ def hooks_count(model: nn.Module, forward) -> tuple[torch.Tensor, int]:
 
 
 def llama():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        attn_implementation="eager",
-    )
-    model = transformers.LlamaForCausalLM(config)
-    ids = torch.randint(0, 64, (2, 16))
+    model, ids = tiny_llama()
     return model, lambda: model(ids, labels=ids).loss
 
 
 def gpt2():
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=64,
-        n_positions=32,
-        attn_implementation="eager",
-    )
-    model = transformers.GPT2LMHeadModel(config)
-    ids = torch.randint(0, 64, (2, 16))
+    model, ids = tiny_gpt2()
     return model, lambda: model(ids, labels=ids).loss
 
 
