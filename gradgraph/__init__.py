@@ -8,6 +8,7 @@ Example:
     {'AccumulateGrad': 2, 'AddmmBackward0': 1, 'TBackward0': 1}
 """
 
+from .blockers import Blocker, SecondOrderError, second_order_blockers
 from .derivatives import (
     Curvature,
     HessianOperator,
@@ -28,25 +29,34 @@ from .derivatives import (
     unsupported_ops,
 )
 from .expansion import expand, order_summary, trace_orders
+from .gradflow import GradientFlow, gradient_flow
 from .graph import GradGraph, trace
+from .memory import memory_chart, render_memory
 from .modules import record_modules
+from .nonfinite import NonFiniteReport, find_nonfinite
 from .recorder import record_backward, recording
 from .render.dot import DotNotFoundError
 from .render.dropin import make_dot
 from .retain import explain_retain_graph
 
 __all__ = [
+    "Blocker",
     "Curvature",
     "DotNotFoundError",
     "GradGraph",
     "HessianOperator",
+    "GradientFlow",
+    "NonFiniteReport",
+    "SecondOrderError",
     "SpectralDensity",
     "UnsupportedOpError",
     "derivatives",
     "diagonal_method",
     "expand",
     "explain_retain_graph",
+    "find_nonfinite",
     "ggn_diagonal",
+    "gradient_flow",
     "hessian",
     "hessian_blocks",
     "hessian_density",
@@ -56,11 +66,14 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "make_dot",
+    "memory_chart",
     "order_summary",
     "propagated_hessian_diagonal",
     "record_backward",
     "record_modules",
     "recording",
+    "render_memory",
+    "second_order_blockers",
     "trace",
     "trace_orders",
     "unsupported_ops",

@@ -92,7 +92,9 @@ class GradGraph:
         return [n for n, o in self.dag.nodes(data="op") if o == op]
 
     def summary(self) -> dict:
-        """Counts by op, kind and derivative order, and saved-tensor bytes."""
+        """Counts by op, kind and derivative order, and saved-tensor bytes:
+        ``saved_bytes`` adds up every saved tensor, ``saved_memory`` counts each
+        storage once and leaves parameters out (:meth:`saved_memory`)."""
         nodes = self.dag.nodes
         saved = [s for n in nodes for s in nodes[n]["saved"]]
         return {
@@ -103,8 +105,17 @@ class GradGraph:
             "by_order": _count_orders(self.dag),
             "saved_tensors": len(saved),
             "saved_bytes": sum(s.get("nbytes", 0) for s in saved if not s["freed"]),
+            "saved_memory": self.saved_memory(),
             "freed_tensors": sum(1 for s in saved if s["freed"]),
         }
+
+    def saved_memory(self, by: str | None = None) -> int | dict:
+        """Activation memory: bytes saved for backward, each storage once,
+        parameters excluded; a dict by ``"op"``, ``"module"`` or ``"node"``
+        (see :func:`gradgraph.memory.saved_memory`)."""
+        from .memory import saved_memory
+
+        return saved_memory(self, by)
 
     def diff(self, other: GradGraph) -> Any:
         """What ``other`` adds, drops and frees: :func:`gradgraph.diff.diff_graphs`."""
@@ -230,6 +241,7 @@ def _walk(
     index: dict[Any, int] = {}
     fns: list = []
     nodes: dict[int, Any] = {}
+    storages: dict[int, int] = {}  # storage address -> id, shared by all nodes
     succ: dict[int, dict] = {}
     pred: dict[int, dict] = {}
     for fn in root_fns:
@@ -241,7 +253,7 @@ def _walk(
     while stack:
         u = stack.pop()
         fn = fns[u]
-        nodes[u] = node_facts(fn, owners, names)
+        nodes[u] = node_facts(fn, owners, names, storages)
         su = succ[u]
         new = []
         for pos, (child, out_nr) in enumerate(fn.next_functions):

@@ -141,7 +141,10 @@ def _freed(fn: Any, attr: str) -> bool:
 
 
 def saved_facts(
-    fn: Any, attrs: tuple[tuple[str, str], ...], owners: dict | None
+    fn: Any,
+    attrs: tuple[tuple[str, str], ...],
+    owners: dict | None,
+    storages: list | None = None,
 ) -> tuple[dict, ...]:
     """Facts about every tensor ``fn`` saved for backward.
 
@@ -153,7 +156,8 @@ def saved_facts(
     (torch no longer tells how many tensors it saved, or whether any).
     ``owners`` (from :meth:`gradgraph.naming.Names.storage_owners`) finds the
     name of a saved named tensor or view of one, so a saved weight says which
-    parameter it is.
+    parameter it is. ``storages``, when given, gets the storage of every live
+    strided saved value (see :func:`storage_key`).
     """
     facts = []
     live = False  # whether any value is still held: then the node was not released
@@ -174,6 +178,12 @@ def saved_facts(
             else:
                 live = True
                 facts.append(_tensor_fact(label, data, owners))
+                if (
+                    storages is not None
+                    and isinstance(data, torch.Tensor)
+                    and data.layout is torch.strided
+                ):
+                    storages.append(storage_key(data))
     # backward releases all of a node's values at once: if one is still held,
     # the missing ones were never saved; else ask each (a never-saved value
     # reads as None, a released one raises)
@@ -185,6 +195,20 @@ def saved_facts(
                 facts.insert(position + shift, _tensor_fact(label, None, owners))
                 shift += 1
     return tuple(facts)
+
+
+def storage_key(tensor: torch.Tensor) -> tuple[int, int]:
+    """(address, bytes) of the storage behind ``tensor``: what keeping it alive
+    keeps in memory (a view keeps its whole base)."""
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+def _storage_ids(keys: list, storages: dict) -> tuple[tuple[int, int], ...]:
+    """(storage id, bytes) pairs; ids count storages in order of discovery."""
+    return tuple(
+        (storages.setdefault(ptr, len(storages)), nbytes) for ptr, nbytes in keys
+    )
 
 
 def output_metadata(fn: Any) -> tuple[tuple[tuple[int, ...], ...], str | None]:
@@ -203,7 +227,12 @@ def output_metadata(fn: Any) -> tuple[tuple[tuple[int, ...], ...], str | None]:
     return shapes, dtype_name(metas[0].dtype)
 
 
-def node_facts(fn: Any, owners: dict | None = None, names: dict | None = None) -> dict:
+def node_facts(
+    fn: Any,
+    owners: dict | None = None,
+    names: dict | None = None,
+    storages: dict | None = None,
+) -> dict:
     """The attribute dict gradgraph stores for one grad_fn node.
 
     Keys: ``op``, ``kind``, ``label``, ``name``, ``shape``, ``dtype``,
@@ -212,7 +241,10 @@ def node_facts(fn: Any, owners: dict | None = None, names: dict | None = None) -
     until expansion fills it). A node whose forward op has several outputs also
     has ``shapes``. ``names`` maps ``id(tensor)`` to a name: an AccumulateGrad
     node of a named variable gets it as ``name`` and ``label``; other names are
-    filled in by :func:`gradgraph.trace`.
+    filled in by :func:`gradgraph.trace`. With ``storages`` (a dict the trace
+    shares between nodes: storage address -> small id), a node that holds saved
+    values also gets ``storages``, ``(id, bytes)`` per saved value, and an
+    AccumulateGrad node gets its variable's ``storage`` id.
 
     This runs once per node of every trace, so it is written for speed: per-class
     facts come from a cache, the common one-output case is inlined, and an
@@ -221,7 +253,10 @@ def node_facts(fn: Any, owners: dict | None = None, names: dict | None = None) -
     cls = fn.__class__
     facts = _CLASS_FACTS.get(cls) or class_facts(cls)
     if facts.is_accumulate:
-        return _accumulate_facts(fn, facts.op, names)
+        attrs = _accumulate_facts(fn, facts.op, names)
+        if storages is not None and fn.variable.layout is torch.strided:
+            attrs["storage"] = _storage_ids([storage_key(fn.variable)], storages)[0][0]
+        return attrs
     try:
         metas = fn._input_metadata
     except (AttributeError, RuntimeError):  # Python-defined nodes may lack it
@@ -236,6 +271,7 @@ def node_facts(fn: Any, owners: dict | None = None, names: dict | None = None) -
     else:
         shapes, dtype = output_metadata(fn)
         shape = shapes[0] if shapes else None
+    keys = [] if storages is not None and facts.saved_attrs else None
     attrs = {
         "op": facts.op,
         "kind": OP,
@@ -244,11 +280,13 @@ def node_facts(fn: Any, owners: dict | None = None, names: dict | None = None) -
         "shape": shape,
         "dtype": dtype,
         "seq_nr": fn._sequence_nr(),
-        "saved": saved_facts(fn, facts.saved_attrs, owners)
+        "saved": saved_facts(fn, facts.saved_attrs, owners, keys)
         if facts.saved_attrs
         else (),
         "order": None,
     }
+    if keys:
+        attrs["storages"] = _storage_ids(keys, storages)
     if shapes is not None and len(shapes) > 1:
         attrs["shapes"] = shapes
     return attrs

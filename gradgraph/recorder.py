@@ -47,18 +47,27 @@ _graph_task_id = getattr(torch._C, "_current_graph_task_id", lambda: 0)
 
 @dataclass(frozen=True)
 class GradFlow:
-    """One gradient as plain data: its shape and 2-norm (None when undefined)."""
+    """One gradient as plain data: its shape and 2-norm (None when undefined);
+    for gradients arriving at a leaf also the mean and max of its absolute
+    values."""
 
     shape: tuple[int, ...] | None
     norm: float | None
+    mean_abs: float | None = None
+    max_abs: float | None = None
 
     @classmethod
-    def of(cls, grad: torch.Tensor | None) -> GradFlow:
+    def of(cls, grad: torch.Tensor | None, stats: bool = False) -> GradFlow:
         if grad is None:
             return cls(None, None)
         with torch.no_grad():
-            norm = torch.linalg.vector_norm(grad.detach().double()).item()
-        return cls(tuple(grad.shape), norm)
+            g = grad.detach().double()
+            norm = torch.linalg.vector_norm(g).item()
+            if not stats or not g.numel():
+                return cls(tuple(grad.shape), norm)
+            size = g.abs()
+            mean, top = size.mean().item(), size.max().item()
+        return cls(tuple(grad.shape), norm, mean, top)
 
 
 @dataclass
@@ -146,10 +155,10 @@ class BackwardRecord:
             self.calls.append(BackwardCall())
         return self.calls[-1]
 
-    def _before(self, node: int, grads: Sequence) -> None:
+    def _before(self, node: int, grads: Sequence, leaf: bool = False) -> None:
         call = self._call()
         call.order.append(node)
-        call.incoming[node] = tuple(GradFlow.of(g) for g in grads)
+        call.incoming[node] = tuple(GradFlow.of(g, stats=leaf) for g in grads)
 
     def _after(self, node: int, grads: Sequence, leaf: torch.Tensor | None) -> None:
         call = self._call()
@@ -171,7 +180,7 @@ def _hooks(record: BackwardRecord, node: int, fn: Any) -> tuple:
     leaf = fn.variable if record.graph.dag.nodes[node]["kind"] == ACCUMULATE else None
 
     def before(grad_outputs):
-        record._before(node, grad_outputs)
+        record._before(node, grad_outputs, leaf is not None)
 
     def after(grad_inputs, grad_outputs):
         record._after(node, grad_inputs, leaf)
@@ -185,6 +194,7 @@ def recording(
     model: torch.nn.Module | None = None,
     params: Mapping | Any = None,
     names: Mapping | None = None,
+    modules: Any = None,
 ) -> Iterator[BackwardRecord]:
     """Record every backward through ``outputs``' graph run inside the block.
 
@@ -195,6 +205,8 @@ def recording(
     Args:
         *outputs: the tensors whose graph to watch, as for :func:`trace`.
         model, params, names: node names, as for :func:`trace`.
+        modules: a record from :func:`gradgraph.record_modules`, as for
+            :func:`trace`.
 
     Raises:
         ValueError: when a backward already freed the graph's saved tensors.
@@ -209,7 +221,9 @@ def recording(
         >>> len(rec.calls), rec.counts()
         (2, {0: 2, 1: 2, 2: 2})
     """
-    graph = trace(*outputs, model=model, params=params, names=names, keep=True)
+    graph = trace(
+        *outputs, model=model, params=params, names=names, modules=modules, keep=True
+    )
     fns, graph._fns = graph._fns, None
     _check_not_freed(graph)
     record = BackwardRecord(graph)
@@ -234,6 +248,7 @@ def record_backward(
     model: torch.nn.Module | None = None,
     params: Mapping | Any = None,
     names: Mapping | None = None,
+    modules: Any = None,
 ) -> BackwardRecord:
     """Run ``torch.autograd.backward(outputs)`` ``times`` times and record it.
 
@@ -247,7 +262,8 @@ def record_backward(
         retain_graph: keep the saved tensors after each call; needed for
             ``times > 1``.
         times: how many backward calls to run.
-        model, params, names: node names, as for :func:`trace`.
+        model, params, names, modules: node names and modules, as for
+            :func:`trace`.
 
     Returns:
         A :class:`BackwardRecord` with one :class:`BackwardCall` per call.
@@ -264,7 +280,9 @@ def record_backward(
             "the graph's saved tensors and the next one would fail."
         )
     tensors = [t for _, t in _flatten_outputs(outputs)]
-    with recording(*outputs, model=model, params=params, names=names) as record:
+    with recording(
+        *outputs, model=model, params=params, names=names, modules=modules
+    ) as record:
         for _ in range(times):
             try:
                 torch.autograd.backward(

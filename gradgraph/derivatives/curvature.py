@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..blockers import math_attention
 from .allreduce import same_seed, sum_across_ranks, world
 from .operator import BatchLoss, HessianOperator
 from .params import check_scalar_loss
@@ -156,12 +157,13 @@ class Curvature(HessianOperator):
                 "batch size."
             )
         try:
-            if isinstance(inputs, Mapping):
-                outputs = self.model(**inputs)
-            elif isinstance(inputs, (tuple, list)):
-                outputs = self.model(*inputs)
-            else:
-                outputs = self.model(inputs)
+            with math_attention():  # an attention kernel torch can differentiate twice
+                if isinstance(inputs, Mapping):
+                    outputs = self.model(**inputs)
+                elif isinstance(inputs, (tuple, list)):
+                    outputs = self.model(*inputs)
+                else:
+                    outputs = self.model(inputs)
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as exc:

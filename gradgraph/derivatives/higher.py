@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..blockers import check_second_order
 from ..graph import trace
 
 __all__ = ["derivatives"]
@@ -48,6 +49,8 @@ def _differentiate(
             f"{got}; for a scalar function of many inputs use hessian() or hvp()."
         )
     seed = torch.ones_like(y) if y.dim() else None
+    if order >= 2 and y.requires_grad:
+        check_second_order(y, what=f"derivatives(order={order})")
     found: list[torch.Tensor] = []
     for k in range(1, order + 1):
         if not y.requires_grad:  # constant from here on

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..blockers import check_second_order
 from .params import ParamSet, as_params, as_vector, check_scalar_loss, grad_checked
 
 
@@ -28,6 +29,7 @@ def gradient_graph(
 ) -> list[torch.Tensor]:
     """The gradient with its own graph (``create_graph=True``), ready for HVPs."""
     check_scalar_loss(loss)
+    check_second_order(loss)
     return grad_checked(loss, params, create_graph=True, allow_unused=allow_unused)
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ..blockers import second_order_failure
+
 
 @dataclass(frozen=True)
 class ParamSet:
@@ -249,6 +251,8 @@ def grad_checked(
             allow_unused=True,
         )
     except RuntimeError as exc:
+        if (failure := second_order_failure(exc)) is not None:
+            raise failure from exc
         if "backward through the graph a second time" in str(exc):
             raise ValueError(
                 "the loss's graph was already freed by an earlier backward() or "
