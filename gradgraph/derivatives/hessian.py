@@ -67,6 +67,13 @@ def _chunks(numel: int, batch_size: int, progress: bool, desc: str) -> Iterator:
             bar.update(stop - start)
 
 
+def _needs_plain_loop(exc: RuntimeError) -> bool:
+    """Whether a vmapped backward failed for want of batching (anomaly mode, a
+    hook calling ``.item()``, an op without a batching rule): retry row by row."""
+    message = str(exc).lower()
+    return "batching rule" in message or "vmap" in message or "batched" in message
+
+
 def _rows(
     outputs: list[torch.Tensor], inputs: list[torch.Tensor], seeds: list[torch.Tensor]
 ) -> list[torch.Tensor]:
@@ -90,7 +97,7 @@ def _rows(
             is_grads_batched=True,
         )
     except RuntimeError as exc:
-        if "batching rule" not in str(exc) and "vmap" not in str(exc):
+        if not _needs_plain_loop(exc):
             raise
         per_row = [
             torch.autograd.grad(
