@@ -27,7 +27,8 @@ Estimators and their costs (``matvecs`` is the total number of products):
   ``"xdiag"`` (Epperly, Tropp & Webber's exchangeable estimator: a low-rank
   part from ``matvecs // 2`` sketch vectors, plus Hutchinson on the rest, each
   sketch vector left out in turn), ``"exact"`` (``dim`` products with unit
-  vectors).
+  vectors). XDiag and XTrace are exact once ``matvecs >= dim``: they then
+  spend ``dim`` products on unit vectors.
 - ``trace_estimate``: ``"hutchinson"``, ``"hutch++"`` (Meyer et al.),
   ``"xtrace"`` (the trace twin of XDiag), ``"exact"``.
 - ``lanczos_eigenvalues``: Lanczos with full reorthogonalisation, stopped when
@@ -242,6 +243,8 @@ def _diagonal_hutchinson(matvec, setup, matvecs):
 
 def _diagonal_xdiag(matvec, setup, matvecs):
     _check_matvecs(matvecs, 4, "xdiag")
+    if matvecs >= setup.dim:  # unit vectors span the space within the budget
+        return _diagonal_exact(matvec, setup, matvecs)
     omega, Q, C, Z, S = _exchangeable_parts(matvec, setup, matvecs, "diagonal (XDiag)")
     low_rank = (Q * Z).sum(dim=1)  # diag(Q Q^T A)
     QS, ZS = Q @ S, Z @ S
@@ -339,6 +342,8 @@ def _trace_hutchpp(matvec, setup, matvecs):
 
 def _trace_xtrace(matvec, setup, matvecs):
     _check_matvecs(matvecs, 4, "xtrace")
+    if matvecs >= setup.dim:  # unit vectors span the space within the budget
+        return _trace_exact(matvec, setup, matvecs)
     omega, Q, C, Z, S = _exchangeable_parts(matvec, setup, matvecs, "trace (XTrace)")
     H = Q.T @ Z
     H = (H + H.T) / 2
