@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from .derivatives.once_differentiable import check_twice_differentiable
 from .derivatives.params import (
     ParamSet,
     as_params,
@@ -248,6 +249,8 @@ def expand(
     if loss.grad_fn is not None:
         _check_params_in_graph(loss, ps)
     v = as_vector(vector, ps) if vector is not None else None
+    if order >= 2:
+        check_twice_differentiable(loss, ps.tensors)
     if v is None and order >= 2:
         v = [torch.ones_like(p) for p in ps.tensors]
     stages: list[dict[str, torch.Tensor]] = [{"loss": loss}]

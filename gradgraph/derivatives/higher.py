@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from ..graph import trace
+from .once_differentiable import check_twice_differentiable
+from .params import check_not_inference_mode
 
 __all__ = ["derivatives"]
 
@@ -47,6 +49,8 @@ def _differentiate(
             f"f(x) must have x's shape {tuple(x.shape)} (an elementwise f), got "
             f"{got}; for a scalar function of many inputs use hessian() or hvp()."
         )
+    if order >= 2:
+        check_twice_differentiable(y, [x])
     seed = torch.ones_like(y) if y.dim() else None
     found: list[torch.Tensor] = []
     for k in range(1, order + 1):
@@ -93,6 +97,7 @@ def derivatives(
         raise TypeError(f"f must be callable, got {type(f).__name__}.")
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be an int >= 1, got {order!r}.")
+    check_not_inference_mode()
     x = _as_input(x)
     if torch.is_grad_enabled():
         found = _differentiate(f, x, order, graph)

@@ -19,7 +19,15 @@ from typing import Any
 
 import torch
 
-from .params import ParamSet, as_params, as_vector, check_scalar_loss, grad_checked
+from .once_differentiable import check_twice_differentiable
+from .params import (
+    ParamSet,
+    as_params,
+    as_vector,
+    check_not_inference_mode,
+    check_scalar_loss,
+    grad_checked,
+)
 
 
 @torch.enable_grad()  # under no_grad the gradient would carry no graph
@@ -28,6 +36,7 @@ def gradient_graph(
 ) -> list[torch.Tensor]:
     """The gradient with its own graph (``create_graph=True``), ready for HVPs."""
     check_scalar_loss(loss)
+    check_twice_differentiable(loss, params.tensors)
     return grad_checked(loss, params, create_graph=True, allow_unused=allow_unused)
 
 
@@ -122,6 +131,7 @@ def hvp(
             raise ValueError("pass the loss, or grads built with create_graph=True.")
         g = gradient_graph(loss, ps, allow_unused=allow_unused)
     else:
+        check_not_inference_mode()
         g = as_vector(grads, ps, what="grads", check_finite=False)
         if not any(t.requires_grad for t in g):
             raise ValueError(
