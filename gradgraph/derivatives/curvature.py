@@ -50,6 +50,7 @@ from .estimate import (
 )
 from .hessian import DIAGONAL_METHODS
 from .hvp import flat_hvp
+from .model_state import buffers_restored
 from .params import as_params, as_vector, check_scalar_loss, grad_checked
 
 PerBatch = Callable[[torch.Tensor], torch.Tensor]
@@ -202,7 +203,7 @@ class Curvature:
             leave=False,
         )
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), buffers_restored(self.model):
                 for index, batch in enumerate(batches):
                     loss, size = self._batch_loss(batch, index)
                     total += size * per_batch(loss)
