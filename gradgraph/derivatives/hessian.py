@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from .estimate import diagonal_estimate, progress_bar
+from .gradient_hooks import check_gradient_hooks
 from .hvp import gradient_graph, hessian_matvec
 from .params import ParamSet, as_params
 from .propagate import diagonal_by_propagation, diagonal_method
@@ -257,19 +258,27 @@ def _diagonal_estimated(method: str) -> Callable[..., list[torch.Tensor]]:
     return estimate
 
 
+def _diagonal_propagated(
+    loss: torch.Tensor, ps: ParamSet, **options: Any
+) -> list[torch.Tensor]:
+    """Curvature propagation, once no hook changes a gradient (it cannot see them)."""
+    check_gradient_hooks(loss, ps.tensors)
+    return diagonal_by_propagation(loss, ps, **options)
+
+
 def _diagonal_auto(
     loss: torch.Tensor, ps: ParamSet, *, allow_unused: bool = False, **options: Any
 ) -> list[torch.Tensor]:
     """Propagation when every op has a curvature rule, else the exact rows."""
     if diagonal_method(loss, ps, allow_unused=allow_unused) == "propagate":
-        return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
+        return _diagonal_propagated(loss, ps, allow_unused=allow_unused)
     return _diagonal_exact(loss, ps, allow_unused=allow_unused, **options)
 
 
 DIAGONAL_METHODS: dict[str, Callable[..., list[torch.Tensor]]] = {
     "exact": _diagonal_exact,
     "auto": _diagonal_auto,
-    "propagate": diagonal_by_propagation,
+    "propagate": _diagonal_propagated,
     "hutchinson": _diagonal_estimated("hutchinson"),
     "xdiag": _diagonal_estimated("xdiag"),
 }

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .gradient_hooks import refusing_gradient_hooks
 from .once_differentiable import check_twice_differentiable
 from .params import (
     ParamSet,
@@ -37,7 +38,10 @@ def gradient_graph(
     """The gradient with its own graph (``create_graph=True``), ready for HVPs."""
     check_scalar_loss(loss)
     check_twice_differentiable(loss, params.tensors)
-    return grad_checked(loss, params, create_graph=True, allow_unused=allow_unused)
+    with refusing_gradient_hooks(loss, params.tensors) as check_hooks:
+        grads = grad_checked(loss, params, create_graph=True, allow_unused=allow_unused)
+        check_hooks(grads)
+    return grads
 
 
 def hvp_with_grads(
