@@ -56,8 +56,13 @@ class GradFlow:
     def of(cls, grad: torch.Tensor | None) -> GradFlow:
         if grad is None:
             return cls(None, None)
+        values = grad.detach()
+        if values.is_sparse:  # sparse=True embeddings: the norm of the stored values
+            values = values.coalesce().values()
+        elif values.layout != torch.strided:
+            values = values.values()
         with torch.no_grad():
-            norm = torch.linalg.vector_norm(grad.detach().double()).item()
+            norm = torch.linalg.vector_norm(values.double()).item()
         return cls(tuple(grad.shape), norm)
 
 

@@ -32,7 +32,7 @@ import torch
 from .estimate import diagonal_estimate, progress_bar
 from .gradient_hooks import check_gradient_hooks
 from .hvp import gradient_graph, hessian_matvec
-from .params import ParamSet, as_params
+from .params import ParamSet, as_params, unused_hint
 from .propagate import diagonal_by_propagation, diagonal_method
 
 __all__ = [
@@ -269,9 +269,20 @@ def _diagonal_propagated(
 def _diagonal_auto(
     loss: torch.Tensor, ps: ParamSet, *, allow_unused: bool = False, **options: Any
 ) -> list[torch.Tensor]:
-    """Propagation when every op has a curvature rule, else the exact rows."""
-    if diagonal_method(loss, ps, allow_unused=allow_unused) == "propagate":
-        return _diagonal_propagated(loss, ps, allow_unused=allow_unused)
+    """Propagation when every op has a curvature rule, else the exact rows.
+
+    Intermediate (non-leaf) tensors as params take the exact rows too.
+    """
+    if all(t.is_leaf for t in ps.tensors):
+        try:
+            method = diagonal_method(loss, ps, allow_unused=allow_unused)
+        except ValueError as exc:
+            hint = unused_hint(loss) if "does not depend" in str(exc) else ""
+            if hint:
+                raise ValueError(f"{exc}{hint}") from exc
+            raise
+        if method == "propagate":
+            return _diagonal_propagated(loss, ps, allow_unused=allow_unused)
     return _diagonal_exact(loss, ps, allow_unused=allow_unused, **options)
 
 

@@ -44,9 +44,15 @@ class OnceDifferentiableError(RuntimeError):
     """A second derivative was asked through a once-differentiable backward."""
 
 
+COMPILED = "CompiledFunction"
+"""torch.compile's AOTAutograd Function: its backward has no double backward."""
+
+
 def _is_once_differentiable(fn: object) -> bool:
     if not isinstance(fn, BackwardCFunction):
         return False
+    if fn._forward_cls.__name__ == COMPILED:
+        return True
     backward = getattr(fn._forward_cls, "backward", None)
     return getattr(backward, "__code__", None) is _WRAPPER_CODE
 
@@ -115,4 +121,10 @@ def check_twice_differentiable(
             "through them would come out wrong (missing terms, often zeros). "
             "Write their backward with differentiable torch ops (without "
             "@once_differentiable), or use only first-order tools on this loss."
+            + (
+                f" {COMPILED} is torch.compile's: compute the loss with the "
+                "uncompiled module (compiled._orig_mod) for second derivatives."
+                if COMPILED in found
+                else ""
+            )
         )

@@ -243,6 +243,27 @@ def as_vector(
     return parts
 
 
+REENTRANT_CHECKPOINT_HINT = (
+    " The loss's graph goes through a reentrant torch.utils.checkpoint "
+    "(CheckpointFunctionBackward), which hides the parameters inside it from "
+    "autograd.grad; checkpoint with use_reentrant=False instead."
+)
+
+
+def unused_hint(loss: torch.Tensor) -> str:
+    """Why parameters may look unused: a reentrant checkpoint hides them."""
+    stack, seen = [getattr(loss, "grad_fn", None)], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        if fn.name() == "CheckpointFunctionBackward":
+            return REENTRANT_CHECKPOINT_HINT
+        seen.add(id(fn))
+        stack.extend(child for child, _ in fn.next_functions)
+    return ""
+
+
 def grad_checked(
     outputs: torch.Tensor | Sequence[torch.Tensor],
     params: ParamSet,
@@ -279,6 +300,7 @@ def grad_checked(
         raise ValueError(
             f"the loss does not depend on {unused}; pass allow_unused=True to get "
             "zeros for them, or leave them out of params."
+            + (unused_hint(outputs) if isinstance(outputs, torch.Tensor) else "")
         )
     return [
         torch.zeros_like(p) if g is None else g
