@@ -70,8 +70,9 @@ def test_compiled_models_get_honest_errors():
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
     compiled = torch.compile(model, backend="aot_eager")
     loss = compiled(torch.randn(2, 3)).pow(2).sum()
-    with pytest.raises(OnceDifferentiableError, match="_orig_mod"):
-        gradgraph.hessian_diagonal(loss, model, progress=False)
+    for method in ("auto", "propagate", "exact"):
+        with pytest.raises(OnceDifferentiableError, match="_orig_mod"):
+            gradgraph.hessian_diagonal(loss, model, method=method, progress=False)
     with pytest.raises(ValueError, match="_orig_mod"):
         with gradgraph.record_modules(compiled):
             pass

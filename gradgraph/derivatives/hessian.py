@@ -32,6 +32,7 @@ import torch
 from .estimate import diagonal_estimate, progress_bar
 from .gradient_hooks import check_gradient_hooks
 from .hvp import gradient_graph, hessian_matvec
+from .once_differentiable import check_twice_differentiable
 from .params import ParamSet, as_params, unused_hint
 from .propagate import diagonal_by_propagation, diagonal_method
 
@@ -261,7 +262,9 @@ def _diagonal_estimated(method: str) -> Callable[..., list[torch.Tensor]]:
 def _diagonal_propagated(
     loss: torch.Tensor, ps: ParamSet, **options: Any
 ) -> list[torch.Tensor]:
-    """Curvature propagation, once no hook changes a gradient (it cannot see them)."""
+    """Curvature propagation, once no hook changes a gradient (it cannot see them)
+    and no op on the way blocks second derivatives (no method could get them)."""
+    check_twice_differentiable(loss, ps.tensors)
     check_gradient_hooks(loss, ps.tensors)
     return diagonal_by_propagation(loss, ps, **options)
 
