@@ -73,6 +73,7 @@ _DEAD_ENDS = {  # nodes a create_graph backward leaves where a formula is missin
     "Error": "a node torch marks as not differentiable",
 }
 _ONCE = torch.autograd.function.once_differentiable(lambda ctx: None).__code__
+COMPILED = "CompiledFunction"  # torch.compile's AOTAutograd Function
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,12 @@ def _reason(fn: Any) -> tuple[str, str] | None:
             "differentiate the loss, not a gradient built through that node",
         )
     forward_cls = getattr(fn, "_forward_cls", None)
+    if getattr(forward_cls, "__name__", None) == COMPILED:
+        return (
+            "torch.compile's AOTAutograd Function has no double backward",
+            "compute the loss with the uncompiled module (compiled._orig_mod) "
+            "for second derivatives",
+        )
     backward = getattr(forward_cls, "backward", None)
     if getattr(backward, "__code__", None) is _ONCE:
         name = forward_cls.__name__
@@ -213,18 +220,51 @@ def _message(blockers: list[Blocker], what: str) -> str:
     return "\n".join(lines)
 
 
-def check_second_order(*outputs: Any, what: str = "this second-order quantity"):
+def _on_parameter_paths(roots: list[Any], params: Iterable[torch.Tensor]) -> set:
+    """The nodes a gradient with respect to ``params`` passes through."""
+    targets = {p.grad_fn for p in params if p.grad_fn is not None}
+    leaves = {id(p) for p in params if p.grad_fn is None}
+    parents: dict[Any, list[Any]] = {}
+    reaching = []
+    for fn in _walk(roots):
+        for child, _ in fn.next_functions:
+            if child is not None:
+                parents.setdefault(child, []).append(fn)
+        if fn in targets or id(getattr(fn, "variable", None)) in leaves:
+            reaching.append(fn)
+    on_path = set(reaching)
+    while reaching:  # up from the parameters towards the roots
+        for parent in parents.get(reaching.pop(), ()):
+            if parent not in on_path:
+                on_path.add(parent)
+                reaching.append(parent)
+    return on_path
+
+
+def check_second_order(
+    *outputs: Any,
+    params: Iterable[torch.Tensor] | None = None,
+    what: str = "this second-order quantity",
+):
     """Raise :class:`SecondOrderError` when ``outputs`` cannot be differentiated
-    twice; cheap (one walk over the node classes) when they can.
+    twice (with respect to ``params``: nodes off their paths do not count);
+    cheap (one walk over the node classes) when they can.
 
     Example:
         >>> x = torch.ones(3, requires_grad=True)
         >>> check_second_order((x ** 3).sum())  # fine: returns None
     """
     roots = _roots(outputs)
-    if any(_reason(fn) is not None for fn in _walk(roots)):
-        blockers = second_order_blockers(*outputs)
-        raise SecondOrderError(_message(blockers, what), blockers)
+    if not any(_reason(fn) is not None for fn in _walk(roots)):
+        return
+    blockers = second_order_blockers(*outputs)
+    if params is not None:
+        on_path = _on_parameter_paths(roots, list(params))
+        ops = {type(fn).__name__ for fn in on_path if _reason(fn) is not None}
+        if not ops:
+            return
+        blockers = [b for b in blockers if b.op in ops]
+    raise SecondOrderError(_message(blockers, what), blockers)
 
 
 _MISSING = re.compile(

@@ -250,7 +250,7 @@ def expand(
         _check_params_in_graph(loss, ps)
     v = as_vector(vector, ps) if vector is not None else None
     if order >= 2:
-        check_second_order(loss, what=f"expand(order={order})")
+        check_second_order(loss, params=ps.tensors, what=f"expand(order={order})")
     if v is None and order >= 2:
         v = [torch.ones_like(p) for p in ps.tensors]
     stages: list[dict[str, torch.Tensor]] = [{"loss": loss}]

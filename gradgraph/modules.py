@@ -98,6 +98,12 @@ def record_modules(model: torch.nn.Module) -> Iterator[ModuleRecord]:
         raise TypeError(
             f"record_modules() takes an nn.Module, got {type(model).__name__}."
         )
+    if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+        raise ValueError(
+            "record_modules() cannot see inside a torch.compile'd model: compiled "
+            "code runs no module hooks, so nothing would be recorded. Record and "
+            "run the original module instead: model._orig_mod."
+        )
     record = ModuleRecord()
     handles = []
     try:

@@ -60,8 +60,13 @@ class GradFlow:
     def of(cls, grad: torch.Tensor | None, stats: bool = False) -> GradFlow:
         if grad is None:
             return cls(None, None)
+        values = grad.detach()
+        if values.is_sparse:  # sparse=True embeddings: the norm of the stored values
+            values = values.coalesce().values()
+        elif values.layout != torch.strided:
+            values = values.values()
         with torch.no_grad():
-            g = grad.detach().double()
+            g = values.double()
             norm = torch.linalg.vector_norm(g).item()
             if not stats or not g.numel():
                 return cls(tuple(grad.shape), norm)

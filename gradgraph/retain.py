@@ -23,9 +23,15 @@ from typing import Any
 
 from .graph import GradGraph, trace
 
-__all__ = ["explain_retain_graph", "freed_buffers", "saved_buffers"]
+__all__ = [
+    "explain_retain_graph",
+    "freed_buffers",
+    "modified_buffers",
+    "saved_buffers",
+]
 
 SECOND_BACKWARD = "Trying to backward through the graph a second time"
+MODIFIED_IN_PLACE = "modified by an inplace operation"
 
 
 def _buffers(graph: GradGraph, freed: bool) -> dict[int, tuple[str, ...]]:
@@ -45,6 +51,32 @@ def freed_buffers(graph: GradGraph) -> dict[int, tuple[str, ...]]:
 def saved_buffers(graph: GradGraph) -> dict[int, tuple[str, ...]]:
     """Node -> names of its saved tensors that are still there."""
     return _buffers(graph, freed=False)
+
+
+def modified_buffers(graph: GradGraph) -> dict[int, tuple[str, ...]]:
+    """Node -> saved tensors changed in place since they were saved.
+
+    Needs the live nodes (``trace(..., keep=True)``); a graph without them
+    gives ``{}``. Values packed by ``saved_tensors_hooks`` are not unpacked.
+    """
+    if graph._fns is None:
+        return {}
+    found = {}
+    for node, saved in graph.dag.nodes(data="saved"):
+        fn, changed = graph.grad_fn(node), []
+        for fact in saved:
+            if fact["freed"] or "packed" in fact:
+                continue
+            try:  # unpacking checks the version counter against the saved one
+                getattr(fn, f"_saved_{fact['attr']}")
+            except RuntimeError as exc:
+                if MODIFIED_IN_PLACE in str(exc):
+                    changed.append(fact["attr"])
+            except AttributeError:
+                continue
+        if changed:
+            found[node] = tuple(changed)
+    return found
 
 
 def _listing(graph: GradGraph, buffers: dict[int, tuple[str, ...]]) -> str:
@@ -76,8 +108,19 @@ def explain_retain_graph(graph_or_outputs: Any) -> str:
     graph = (
         graph_or_outputs
         if isinstance(graph_or_outputs, GradGraph)
-        else trace(graph_or_outputs)
+        else trace(graph_or_outputs, keep=True)
     )
+    modified = modified_buffers(graph)
+    if modified:
+        return (
+            f"Backward cannot run through this graph: tensors saved by "
+            f"{len(modified)} of its {len(graph)} nodes were changed in place "
+            f"after the forward pass (e.g. by optimizer.step()):\n"
+            f"{_listing(graph, modified)}\n"
+            f"A backward raises 'one of the variables needed for gradient "
+            "computation has been modified by an inplace operation'. Recompute "
+            "the forward pass after the change, or change a copy (x = x.clone())."
+        )
     freed = freed_buffers(graph)
     if freed:
         return (

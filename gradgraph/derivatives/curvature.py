@@ -32,12 +32,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 
 from ..blockers import math_attention
 from .allreduce import same_seed, sum_across_ranks, world
+from .model_state import buffers_restored
 from .operator import BatchLoss, HessianOperator
 from .params import check_scalar_loss
 
@@ -138,6 +140,10 @@ class Curvature(HessianOperator):
 
     def _show_progress(self) -> bool:
         return self.progress and world()[0] == 0
+
+    def _pass_context(self) -> AbstractContextManager:
+        """Each pass leaves the model's buffers (BatchNorm statistics) as they were."""
+        return buffers_restored(self.model)
 
     def _batch_loss(self, batch: Any, index: int) -> tuple[torch.Tensor, int]:
         """The scalar loss of one batch, with its graph, and the batch's size."""

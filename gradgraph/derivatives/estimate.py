@@ -28,7 +28,8 @@ Estimators and their costs (``matvecs`` is the total number of products):
   ``"xdiag"`` (Epperly, Tropp & Webber's exchangeable estimator: a low-rank
   part from ``matvecs // 2`` sketch vectors, plus Hutchinson on the rest, each
   sketch vector left out in turn), ``"exact"`` (``dim`` products with unit
-  vectors).
+  vectors). XDiag and XTrace are exact once ``matvecs >= dim``: they then
+  spend ``dim`` products on unit vectors.
 - ``trace_estimate``: ``"hutchinson"``, ``"hutch++"`` (Meyer et al.),
   ``"xtrace"`` (the trace twin of XDiag), ``"exact"``.
 - ``lanczos_eigenvalues``: Lanczos with full reorthogonalisation, stopped when
@@ -119,6 +120,13 @@ def _setup(
 ) -> _Setup:
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}.")
+    if isinstance(dtype, torch.dtype) and dtype.is_complex:
+        raise TypeError(
+            f"the estimators need a real symmetric operator, got {dtype} vectors; "
+            "for complex parameters differentiate real ones instead, e.g. "
+            "torch.view_as_real(z) as the parameter and torch.view_as_complex "
+            "inside the loss."
+        )
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
     if isinstance(seed, bool):
@@ -185,9 +193,14 @@ def apply_columns(
     return torch.stack(columns, dim=1)
 
 
+def _solvable(A: torch.Tensor) -> torch.Tensor:
+    """``A`` in a dtype torch.linalg works in (float16/bfloat16 -> float32)."""
+    return A.to(torch.promote_types(A.dtype, torch.float32))
+
+
 def _orthonormal_basis(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``Y = Q C`` with orthonormal ``Q`` spanning Y's numerical range only."""
-    U, S, Wh = torch.linalg.svd(Y, full_matrices=False)
+    U, S, Wh = (part.to(Y.dtype) for part in torch.linalg.svd(_solvable(Y), False))
     if S.numel() == 0 or S[0] == 0:
         return Y[:, :0], Wh[:0]
     rank = int((S > S[0] * max(Y.shape) * torch.finfo(Y.dtype).eps).sum())
@@ -206,11 +219,12 @@ def _left_out_directions(C: torch.Tensor) -> torch.Tensor:
     if rank == 0:
         return S
     if rank == count:  # the usual case: C is invertible, s_i ∝ C^{-T} e_i
-        inv_t = torch.linalg.inv(C).T
-        return inv_t / torch.linalg.vector_norm(inv_t, dim=0, keepdim=True)
+        inv_t = torch.linalg.inv(_solvable(C)).T
+        inv_t = inv_t / torch.linalg.vector_norm(inv_t, dim=0, keepdim=True)
+        return inv_t.to(C.dtype)
     for i in range(count):
         rest = torch.cat([C[:, :i], C[:, i + 1 :]], dim=1)
-        U, sv, _ = torch.linalg.svd(rest, full_matrices=True)
+        U, sv, _ = (part.to(C.dtype) for part in torch.linalg.svd(_solvable(rest)))
         tol = (sv[0] if sv.numel() else 1.0) * max(C.shape) * torch.finfo(C.dtype).eps
         if int((sv > tol).sum()) < rank:
             S[:, i] = U[:, -1]
@@ -246,6 +260,8 @@ def _diagonal_hutchinson(matvec, setup, matvecs):
 
 def _diagonal_xdiag(matvec, setup, matvecs):
     _check_matvecs(matvecs, 4, "xdiag")
+    if matvecs >= setup.dim:  # unit vectors span the space within the budget
+        return _diagonal_exact(matvec, setup, matvecs)
     omega, Q, C, Z, S = _exchangeable_parts(matvec, setup, matvecs, "diagonal (XDiag)")
     low_rank = (Q * Z).sum(dim=1)  # diag(Q Q^T A)
     QS, ZS = Q @ S, Z @ S
@@ -344,6 +360,8 @@ def _trace_hutchpp(matvec, setup, matvecs):
 
 def _trace_xtrace(matvec, setup, matvecs):
     _check_matvecs(matvecs, 4, "xtrace")
+    if matvecs >= setup.dim:  # unit vectors span the space within the budget
+        return _trace_exact(matvec, setup, matvecs)
     omega, Q, C, Z, S = _exchangeable_parts(matvec, setup, matvecs, "trace (XTrace)")
     H = Q.T @ Z
     H = (H + H.T) / 2

@@ -30,9 +30,11 @@ from typing import Any
 
 import torch
 
+from ..blockers import check_second_order
 from .estimate import progress_bar
+from .gradient_hooks import check_gradient_hooks
 from .hvp import gradient_graph
-from .params import ParamSet, as_params
+from .params import ParamSet, as_params, unused_hint
 from .propagate import diagonal_by_propagation, diagonal_method
 
 __all__ = [
@@ -67,6 +69,13 @@ def _chunks(numel: int, batch_size: int, progress: bool, desc: str) -> Iterator:
             bar.update(stop - start)
 
 
+def _needs_plain_loop(exc: RuntimeError) -> bool:
+    """Whether a vmapped backward failed for want of batching (anomaly mode, a
+    hook calling ``.item()``, an op without a batching rule): retry row by row."""
+    message = str(exc).lower()
+    return "batching rule" in message or "vmap" in message or "batched" in message
+
+
 def _rows(
     outputs: list[torch.Tensor], inputs: list[torch.Tensor], seeds: list[torch.Tensor]
 ) -> list[torch.Tensor]:
@@ -90,7 +99,7 @@ def _rows(
             is_grads_batched=True,
         )
     except RuntimeError as exc:
-        if "batching rule" not in str(exc) and "vmap" not in str(exc):
+        if not _needs_plain_loop(exc):
             raise
         per_row = [
             torch.autograd.grad(
@@ -234,7 +243,11 @@ def _diagonal_propagated(
     allow_unused: bool = False,
     progress: bool = True,
 ) -> list[torch.Tensor]:
-    """Curvature propagation (no rows, no bar: ``batch_size``/``progress`` unused)."""
+    """Curvature propagation (no rows, no bar: ``batch_size``/``progress`` unused),
+    once no hook changes a gradient (propagation cannot see them) and no op on
+    the way blocks second derivatives (no method could get them)."""
+    check_second_order(loss, params=ps.tensors, what="the Hessian diagonal")
+    check_gradient_hooks(loss, ps.tensors)
     return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
 
 
@@ -246,9 +259,20 @@ def _diagonal_exact(
     allow_unused: bool = False,
     progress: bool = True,
 ) -> list[torch.Tensor]:
-    """Propagation when every op has a curvature rule, else the HVP rows."""
-    route = DIAGONAL_METHODS[diagonal_method(loss, ps, allow_unused=allow_unused)]
-    return route(
+    """Propagation when every op has a curvature rule, else the HVP rows.
+
+    Intermediate (non-leaf) tensors as params take the rows too.
+    """
+    route = "rows"
+    if all(t.is_leaf for t in ps.tensors):
+        try:
+            route = diagonal_method(loss, ps, allow_unused=allow_unused)
+        except ValueError as exc:
+            hint = unused_hint(loss) if "does not depend" in str(exc) else ""
+            if hint:
+                raise ValueError(f"{exc}{hint}") from exc
+            raise
+    return DIAGONAL_METHODS[route](
         loss, ps, batch_size=batch_size, allow_unused=allow_unused, progress=progress
     )
 

@@ -19,6 +19,7 @@ import torch
 
 from ..blockers import check_second_order
 from ..graph import trace
+from .params import check_not_inference_mode
 
 __all__ = ["derivatives"]
 
@@ -50,7 +51,7 @@ def _differentiate(
         )
     seed = torch.ones_like(y) if y.dim() else None
     if order >= 2 and y.requires_grad:
-        check_second_order(y, what=f"derivatives(order={order})")
+        check_second_order(y, params=[x], what=f"derivatives(order={order})")
     found: list[torch.Tensor] = []
     for k in range(1, order + 1):
         if not y.requires_grad:  # constant from here on
@@ -96,6 +97,7 @@ def derivatives(
         raise TypeError(f"f must be callable, got {type(f).__name__}.")
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be an int >= 1, got {order!r}.")
+    check_not_inference_mode()
     x = _as_input(x)
     if torch.is_grad_enabled():
         found = _differentiate(f, x, order, graph)

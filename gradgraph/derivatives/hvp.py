@@ -20,7 +20,15 @@ from typing import Any
 import torch
 
 from ..blockers import check_second_order
-from .params import ParamSet, as_params, as_vector, check_scalar_loss, grad_checked
+from .gradient_hooks import refusing_gradient_hooks
+from .params import (
+    ParamSet,
+    as_params,
+    as_vector,
+    check_not_inference_mode,
+    check_scalar_loss,
+    grad_checked,
+)
 
 
 @torch.enable_grad()  # under no_grad the gradient would carry no graph
@@ -29,8 +37,11 @@ def gradient_graph(
 ) -> list[torch.Tensor]:
     """The gradient with its own graph (``create_graph=True``), ready for HVPs."""
     check_scalar_loss(loss)
-    check_second_order(loss)
-    return grad_checked(loss, params, create_graph=True, allow_unused=allow_unused)
+    check_second_order(loss, params=params.tensors)
+    with refusing_gradient_hooks(loss, params.tensors) as check_hooks:
+        grads = grad_checked(loss, params, create_graph=True, allow_unused=allow_unused)
+        check_hooks(grads)
+    return grads
 
 
 def hvp_with_grads(
@@ -103,6 +114,7 @@ def hvp(
             raise ValueError("pass the loss, or grads built with create_graph=True.")
         g = gradient_graph(loss, ps, allow_unused=allow_unused)
     else:
+        check_not_inference_mode()
         g = as_vector(grads, ps, what="grads", check_finite=False)
         if not any(t.requires_grad for t in g):
             raise ValueError(

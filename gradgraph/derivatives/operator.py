@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,10 @@ class HessianOperator(LinearOperator):
     def _show_progress(self) -> bool:
         return self.progress
 
+    def _pass_context(self) -> AbstractContextManager:
+        """What a pass over the batches runs inside (nothing for one loss)."""
+        return nullcontext()
+
     def _per_batch_progress(self) -> bool:
         """A bar inside each batch (worth it only when there is one batch)."""
         return False
@@ -150,7 +155,7 @@ class HessianOperator(LinearOperator):
             leave=False,
         )
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), self._pass_context():
                 for index, source in enumerate(sources):
                     batch = self._batch(source, index)
                     total += batch.size * per_batch(batch)
@@ -406,6 +411,10 @@ class _LossHessian(HessianOperator):
 
     def _batch(self, source: Any, index: int) -> BatchLoss:
         return self._only
+
+    def _pass_context(self) -> AbstractContextManager:
+        """What a pass over the batches runs inside (nothing for one loss)."""
+        return nullcontext()
 
     def _per_batch_progress(self) -> bool:
         return self.progress

@@ -131,11 +131,29 @@ def as_params(params: Any) -> ParamSet:
                 f"params entry {name!r} does not require grad; call "
                 ".requires_grad_() on it before computing the loss."
             )
+        if tensor.is_meta:
+            raise ValueError(
+                f"params entry {name!r} is on the meta device and has no values to "
+                "differentiate; materialise it first, e.g. model.to_empty(device="
+                "'cpu') and load the weights, then recompute the loss."
+            )
     return ParamSet([n for n, _ in named], [t for _, t in named], form)
+
+
+def check_not_inference_mode() -> None:
+    """Raise inside ``torch.inference_mode()``: autograd builds no graph there,
+    so every derivative would come out as zeros."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "gradgraph cannot differentiate inside torch.inference_mode(): no "
+            "graph is recorded there, so derivatives would all be zero; call it "
+            "outside the inference_mode() block."
+        )
 
 
 def check_scalar_loss(loss: Any) -> None:
     """Raise a clear error unless ``loss`` is a scalar tensor with a graph."""
+    check_not_inference_mode()
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"loss must be a tensor, got {type(loss).__name__}.")
     if loss.numel() != 1:
@@ -146,7 +164,7 @@ def check_scalar_loss(loss: Any) -> None:
     if loss.grad_fn is None and not loss.requires_grad:
         raise ValueError(
             "loss has no autograd graph (it does not require grad); compute it from "
-            "the parameters outside torch.no_grad()."
+            "the parameters outside torch.no_grad() and torch.inference_mode()."
         )
 
 
@@ -227,6 +245,27 @@ def as_vector(
     return parts
 
 
+REENTRANT_CHECKPOINT_HINT = (
+    " The loss's graph goes through a reentrant torch.utils.checkpoint "
+    "(CheckpointFunctionBackward), which hides the parameters inside it from "
+    "autograd.grad; checkpoint with use_reentrant=False instead."
+)
+
+
+def unused_hint(loss: torch.Tensor) -> str:
+    """Why parameters may look unused: a reentrant checkpoint hides them."""
+    stack, seen = [getattr(loss, "grad_fn", None)], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        if fn.name() == "CheckpointFunctionBackward":
+            return REENTRANT_CHECKPOINT_HINT
+        seen.add(id(fn))
+        stack.extend(child for child, _ in fn.next_functions)
+    return ""
+
+
 def grad_checked(
     outputs: torch.Tensor | Sequence[torch.Tensor],
     params: ParamSet,
@@ -265,6 +304,7 @@ def grad_checked(
         raise ValueError(
             f"the loss does not depend on {unused}; pass allow_unused=True to get "
             "zeros for them, or leave them out of params."
+            + (unused_hint(outputs) if isinstance(outputs, torch.Tensor) else "")
         )
     return [
         torch.zeros_like(p) if g is None else g
