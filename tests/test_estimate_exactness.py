@@ -26,7 +26,7 @@ def test_full_budget_gives_the_exact_answer(seed, extra):
         calls.append(1)
         return A @ v
 
-    kwargs = {"matvecs": n + extra, "generator": seed, "progress": False}
+    kwargs = {"matvecs": n + extra, "seed": seed, "progress": False}
     diagonal = diagonal_estimate(matvec, n, method="xdiag", **kwargs)
     trace = trace_estimate(matvec, n, method="xtrace", **kwargs)
     torch.testing.assert_close(diagonal, A.diag())

@@ -44,6 +44,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from tqdm.auto import tqdm
 
+from ..blockers import check_second_order
 from ..deprecation import warn_renamed
 from .estimate import (
     DIAGONAL_ESTIMATORS,
@@ -98,7 +99,10 @@ class HessianOperator(LinearOperator):
         self.allow_unused = allow_unused
         first = self.params.tensors[0]
         self.tensor_dtype, self.device = first.dtype, first.device
-        numpy_dtype = torch.empty((), dtype=first.dtype).numpy().dtype
+        try:
+            numpy_dtype = torch.empty((), dtype=first.dtype).numpy().dtype
+        except TypeError:  # bfloat16 has no numpy dtype: scipy sees float32
+            numpy_dtype = np.dtype(np.float32)
         super().__init__(dtype=numpy_dtype, shape=(self.dim, self.dim))
 
     @property
@@ -404,6 +408,7 @@ class _LossHessian(HessianOperator):
     ) -> None:
         super().__init__(params, progress=progress, allow_unused=allow_unused)
         check_scalar_loss(loss)
+        check_second_order(loss, params=self.params.tensors, what="hessian_operator")
         self._only = BatchLoss(loss, 1, self.params, allow_unused)
 
     def _sources(self) -> Iterable[Any]:
@@ -411,10 +416,6 @@ class _LossHessian(HessianOperator):
 
     def _batch(self, source: Any, index: int) -> BatchLoss:
         return self._only
-
-    def _pass_context(self) -> AbstractContextManager:
-        """What a pass over the batches runs inside (nothing for one loss)."""
-        return nullcontext()
 
     def _per_batch_progress(self) -> bool:
         return self.progress
