@@ -245,9 +245,14 @@ class Rule:
         return None
 
 
-def call_backward(fn: Any, grad: torch.Tensor) -> tuple:
-    """``fn``'s backward applied to ``grad``, always as a tuple."""
-    out = fn(grad)
+def call_backward(fn: Any, *grads: torch.Tensor | None) -> tuple:
+    """``fn``'s backward applied to ``grads`` (one per output), always as a tuple.
+
+    Nodes of Python ``autograd.Function`` s (hook nodes among them) are not
+    callable; their ``apply`` runs the Function's backward. Hooks registered
+    on a node are not run either way.
+    """
+    out = fn(*grads) if callable(fn) else fn.apply(*grads)
     return out if isinstance(out, tuple) else (out,)
 
 

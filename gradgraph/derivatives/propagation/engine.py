@@ -38,7 +38,7 @@ import torch
 from ...graph import trace
 from ...nodes import ACCUMULATE_OP
 from ..params import ParamSet, as_params, check_scalar_loss
-from .base import OpContext, UnsupportedOpError
+from .base import OpContext, UnsupportedOpError, call_backward
 from .columns import (
     Columns,
     column_bytes,
@@ -92,7 +92,9 @@ class _Plan:
             if type(fn).__name__ == ACCUMULATE_OP
         }
         leaf: dict[int, int] = {}
-        self.positions: dict[int, int] = {}
+        # a tensor listed under several names (tied weights) is one node:
+        # each of its names gets the whole diagonal
+        self.positions: dict[int, list[int]] = {}
         for k, (name, tensor) in enumerate(
             zip(self.params.names, self.params.tensors, strict=True)
         ):
@@ -110,7 +112,7 @@ class _Plan:
                     "to get zeros for it, or leave it out of params."
                 )
             leaf[node] = leaf.get(node, 0) | (1 << k)
-            self.positions[node] = k
+            self.positions.setdefault(node, []).append(k)
         return leaf
 
     def relevant(self) -> list[int]:
@@ -183,17 +185,20 @@ def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
         fn = fns[node]
         if fn is loss_fn:
             grad = torch.ones_like(plan.loss)
+        if grad is None:  # only outputs that nothing on the way reads
+            continue
         children: list[int | None] = [None] * len(fn.next_functions)
         for pos, (child_fn, _) in enumerate(fn.next_functions):
             if child_fn is None or not reach[index[child_fn]]:
                 continue
             children[pos] = index[child_fn]
         # ops with several outputs (group norm's mean and rstd) take one grad each
-        grads_in = fn(grad, *[None] * (len(fn._input_metadata) - 1))
-        grads_in = grads_in if isinstance(grads_in, tuple) else (grads_in,)
+        grads_in = call_backward(fn, grad, *[None] * (len(fn._input_metadata) - 1))
         in_shapes: list[tuple[int, ...] | None] = [None] * len(children)
         for pos, child in enumerate(children):
-            if child is not None:
+            if child is not None and grads_in[pos] is None:
+                children[pos] = None  # an input this output does not depend on
+            elif child is not None:
                 shape = plan.shapes[child]
                 g = grads_in[pos]
                 if shape is not None and tuple(g.shape) != shape:
@@ -251,8 +256,10 @@ class _Drain:
         self.orders: dict[frozenset[int], list[int]] = {}
 
     def to_leaf(self, node: int, parts: list[Columns]) -> None:
-        k = self.plan.positions[node]
-        self.diagonal[k] += leaf_diagonal(parts, tuple(self.diagonal[k].shape))
+        first, *others = self.plan.positions[node]
+        share = leaf_diagonal(parts, tuple(self.diagonal[first].shape))
+        for k in (first, *others):
+            self.diagonal[k] += share
 
     def _order(self, starts: frozenset[int]) -> list[int]:
         """``starts`` and every node below them, in the propagation's order."""
@@ -333,6 +340,8 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
         if node in plan.leaf:
             for parts in sources.values():
                 drain.to_leaf(node, parts)
+            continue
+        if node not in contexts:  # no gradient reaches it: nothing to carry
             continue
         ctx, children = contexts[node]
         rule = rule_for(ctx.op)
