@@ -19,7 +19,6 @@ from gradgraph.derivatives.propagation.columns import (
     DenseColumns,
     OuterColumns,
     SampleColumns,
-    written_out,
 )
 
 from .rule_cases import CASES, Case, cases_for
@@ -145,7 +144,7 @@ def _residual_matrix(rule: Rule, ctx: OpContext) -> dict[int, torch.Tensor]:
     blocks = rule.residual(ctx)
     flat, signs = {}, []
     for pos, block in blocks.items():
-        dense = written_out(block).to_dense(ctx.in_shapes[pos])
+        dense = block.to_dense(ctx.in_shapes[pos])
         flat[pos] = dense.data.reshape(dense.data.shape[0], -1)
         signs.append(dense.sign)
     for s in signs[1:]:  # one source: the same columns at every input

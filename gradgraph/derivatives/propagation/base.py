@@ -36,8 +36,8 @@ from .columns import (
     DenseColumns,
     DiagonalColumns,
     OuterColumns,
+    RowColumns,
     SampleColumns,
-    written_out,
 )
 
 __all__ = [
@@ -141,7 +141,7 @@ def diagonal_columns(weights: torch.Tensor) -> Columns | None:
     """Signed columns of ``diag(weights)`` (per sample when there is a batch dim)."""
     if not bool(weights.ne(0).any()):
         return None
-    return written_out(DiagonalColumns(weights))
+    return DiagonalColumns(weights).written_out()
 
 
 def cross_pair(a: Columns, b: Columns) -> tuple[Columns, Columns]:
@@ -191,23 +191,20 @@ def rows_along(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 def row_columns(
     factors: torch.Tensor, signs: torch.Tensor, shape: tuple, dim: int
-) -> Columns:
+) -> RowColumns:
     """Columns that each sit on one row (along ``dim``) of a ``shape`` tensor.
 
-    ``factors[n, r, j]`` (``[N, R, J, K]``, see :func:`rows_along`) is column ``j``
-    of row ``r`` of sample ``n``, with sign ``signs[n, r, j]``; it is zero off
-    that row.
+    ``factors[n, r, j]`` (``[N, R, J, K]``, see :func:`rows_along`) is column
+    ``j`` of row ``r`` of sample ``n``, with sign ``signs[n, r, j]``; it is
+    zero off that row. Lazy: written out a slice at a time.
     """
-    n, r, j, k = factors.shape
-    data = factors.new_zeros(r, j, n, r, k)
-    rows = torch.arange(r, device=factors.device)
-    data[rows, :, :, rows] = factors.permute(1, 2, 0, 3)
+    k = factors.shape[-1]
     moved = [s for i, s in enumerate(shape) if i != dim]
-    data = data.reshape(r * j, *moved, k).movedim(-1, dim + 1)
-    sign = signs.permute(1, 2, 0).reshape(r * j, n)
-    if len(shape) >= 2 and dim != 0:
-        return SampleColumns(data, sign)
-    return DenseColumns(data, sign.reshape(-1))
+
+    def join(data: torch.Tensor) -> torch.Tensor:
+        return data.reshape(data.shape[0], *moved, k).movedim(-1, dim + 1)
+
+    return RowColumns(factors, signs, join, len(shape) >= 2 and dim != 0)
 
 
 # -- the rule interface ----------------------------------------------------------

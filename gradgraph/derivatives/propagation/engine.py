@@ -39,16 +39,7 @@ from ...graph import trace
 from ...nodes import ACCUMULATE_OP
 from ..params import ParamSet, as_params, check_scalar_loss
 from .base import OpContext, UnsupportedOpError, call_backward
-from .columns import (
-    Columns,
-    column_bytes,
-    column_count,
-    combine,
-    concatenate,
-    leaf_diagonal,
-    take_columns,
-    written_out,
-)
+from .columns import Columns, combine, concatenate, leaf_diagonal
 from .registry import rule_for
 
 __all__ = [
@@ -239,7 +230,7 @@ def _mask_relus_at_pools(plan: _Plan, contexts: dict) -> None:
 
 
 def _size(parts: list) -> int:
-    return sum(column_count(p) * column_bytes(p) for p in parts)
+    return sum(p.nbytes for p in parts)
 
 
 class _Drain:
@@ -276,21 +267,19 @@ class _Drain:
 
     def worth_it(self, start: dict[int, list]) -> bool:
         """Large enough to slice, and sliceable (every part has the same columns)."""
-        counts = {column_count(p) for parts in start.values() for p in parts}
+        counts = {p.count for parts in start.values() for p in parts}
         total = sum(_size(parts) for parts in start.values())
         return len(counts) == 1 and total > self.chunk_bytes
 
     def __call__(self, start: dict[int, list]) -> None:
         """Propagate the columns ``start`` holds (node -> parts) to the parameters."""
         parts = [p for ps in start.values() for p in ps]
-        count = column_count(parts[0])
-        step = max(1, self.chunk_bytes // max(1, sum(map(column_bytes, parts))))
+        count = parts[0].count
+        step = max(1, self.chunk_bytes // max(1, sum(p.column_bytes for p in parts)))
         order = self._order(frozenset(start))
         for first in range(0, count, step):
             last = min(first + step, count)
-            pending = {
-                n: [take_columns(p, first, last) for p in ps] for n, ps in start.items()
-            }
+            pending = {n: [p.take(first, last) for p in ps] for n, ps in start.items()}
             for node in order:
                 arrived = pending.pop(node, None)
                 if arrived is None:
@@ -371,7 +360,7 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
                 continue
             for child, parts in start.items():
                 for block in parts:
-                    deliver(child, next_source, written_out(block))
+                    deliver(child, next_source, block.written_out())
             next_source += 1
     return diagonal
 
