@@ -165,3 +165,63 @@ def test_tied_weights_trace_and_curvature_agree_with_the_diagonal():
     torch.testing.assert_close(
         torch.as_tensor(curvature.trace(), dtype=torch.float64), trace
     )
+
+
+class Cube(torch.autograd.Function):
+    """A custom Function: no curvature rule, twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 3 * x**2
+
+
+def _observed(t):
+    """``t`` through a module with a full backward hook and a pre-hook."""
+    module = nn.Identity()
+    module.register_full_backward_hook(lambda m, gi, go: None)
+    module.register_full_backward_pre_hook(lambda m, go: None)
+    return module(t)
+
+
+W = torch.randn(9, dtype=torch.float64)
+GRAPHS = {  # name -> a loss of one flat parameter vector w (9 entries)
+    "tanh_mlp": lambda w: torch.tanh(X @ w.view(3, 3)).pow(2).sum(),
+    "atan": lambda w: torch.atan(w).sum(),
+    "custom_function": lambda w: Cube.apply(w).sum(),
+    "split": lambda w: (w.split(3)[0] * w.split(3)[2]).sum(),
+    "unbind": lambda w: w.view(3, 3).unbind(0)[1].exp().sum(),
+    "hooked_module": lambda w: torch.tanh(_observed(X @ w.view(3, 3))).pow(2).sum(),
+    "transposed_conv": lambda w: (
+        F.conv_transpose1d(torch.tanh(X).T.unsqueeze(0), w.view(3, 1, 3)).pow(2).sum()
+    ),
+    "kernel_shapes_its_input": lambda w: (
+        F.conv1d(w.view(1, 1, 9), w[:3].view(1, 1, 3)).pow(2).sum()
+    ),
+    "softmax_cross_entropy": lambda w: F.cross_entropy(
+        X @ w.view(3, 3), torch.tensor([0, 1, 2, 1, 0])
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_diagonal_method_predicts_what_propagation_does(name):
+    loss_of = GRAPHS[name]
+    expected = torch.autograd.functional.hessian(loss_of, W).diagonal()
+    w = W.clone().requires_grad_(True)
+    method = gradgraph.diagonal_method(loss_of(w), w)
+    unsupported = gradgraph.unsupported_ops(loss_of(w), w)
+    assert (method == "propagate") == (unsupported == [])
+    if method == "propagate":
+        got = gradgraph.hessian_diagonal(loss_of(w), w, method="propagate")
+        torch.testing.assert_close(got, expected)
+    else:
+        with pytest.raises(gradgraph.UnsupportedOpError):
+            gradgraph.hessian_diagonal(loss_of(w), w, method="propagate")
+    auto = gradgraph.hessian_diagonal(loss_of(w), w, progress=False)
+    torch.testing.assert_close(auto, expected)

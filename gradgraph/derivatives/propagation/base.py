@@ -70,11 +70,12 @@ class OpContext:
     in_shapes: list[tuple[int, ...] | None]  # None: no gradient flows there
     coupled: Callable[[int, int], bool]  # do inputs i and j share a parameter?
     memo: dict  # per-node scratch space, so a rule computes a thing once
-    # a ReLU whose consumers are all max pools that apply its 0/1 derivative
-    # (mask_relu_input below): columns arrive masked, the pullback passes them on
+    # fusion (see Rule.positive_mask / Rule.takes_input_mask): a node whose
+    # derivative is the 0/1 mask ``output > 0`` and whose consumers all apply
+    # that mask themselves: columns arrive masked, the pullback passes them on
     premasked: bool = False
-    # a max pool over a ReLU's output: mask the columns before the scatter
-    mask_relu_input: bool = False
+    # a consumer of such a node: apply the mask ``input > 0`` to the columns
+    mask_input: bool = False
 
     @property
     def op(self) -> str:
@@ -214,6 +215,13 @@ class Rule:
     """Base rule: a linear op with no residual; pullback by generic VJPs."""
 
     loss = False  # does its residual belong to the loss (for the GGN)?
+    # fusion: the op's derivative is the 0/1 mask ``output > 0`` (ReLU), so a
+    # consumer that takes the mask (takes_input_mask) can apply it instead
+    positive_mask = False
+    # fusion: the op can apply the mask ``input > 0`` to its (smaller)
+    # columns before its own pullback (max pool: exact, a pooled column lands
+    # on window maxima only, where the mask is the one the op below applies)
+    takes_input_mask = False
 
     def pullback(self, ctx: OpContext, block: Columns, pos: int) -> Columns:
         if ctx.out_shape == ():  # scalar output: the Jacobian is the gradient
@@ -230,6 +238,15 @@ class Rule:
 
     def residual(self, ctx: OpContext) -> dict[int, Columns]:
         return {}
+
+    def mixes_samples(self, fn: Any) -> bool:
+        """Does the node write columns out densely, one per (column, sample)?
+
+        True for ops that couple the samples of a batch (BatchNorm in training
+        mode): columns at and below such a node are ``N`` times larger, which
+        the engine's memory plan counts.
+        """
+        return False
 
     def refuses(
         self, fn: Any, flows: list[bool], coupled: Callable[[int, int], bool]

@@ -251,6 +251,9 @@ class BatchNorm(_Normalization):
     def rows(self, fn):
         return _batch_norm_rows(fn)
 
+    def mixes_samples(self, fn):
+        return bool(fn._saved_training)
+
     def _state(self, ctx):
         fn = ctx.fn
         if fn._saved_training or "state" in ctx.memo:
