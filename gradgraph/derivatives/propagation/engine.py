@@ -78,18 +78,16 @@ class _Plan:
                 bits |= self.reach[child]
             self.reach[node] = bits
         self.element_size = loss.element_size()
-        self.grown = self._column_growth(graph)
+        self.largest, self.samples = self._column_growth(graph)
 
     def _bytes(self, node: int) -> int:
         shape = self.shapes[node]
         return (1 if shape is None else math.prod(shape)) * self.element_size
 
-    def _column_growth(self, graph) -> dict[int, int]:
-        """Node -> the most bytes one of its columns can take at or below it.
-
-        The largest node at or below, times the batch size when a node there
-        mixes the samples (its columns are written out one per sample).
-        """
+    def _column_growth(self, graph) -> tuple[dict[int, int], dict[int, int]]:
+        """Per node: the bytes of the largest node at or below it, and the batch
+        size when a node there mixes the samples (its columns are written out
+        one per sample, so they grow that many times), else 1."""
         largest: dict[int, int] = {}
         samples: dict[int, int] = {}
         for node in reversed(self.order):
@@ -104,7 +102,7 @@ class _Plan:
                     size = max(size, largest[child])
                     n = max(n, samples[child])
             largest[node], samples[node] = size, n
-        return {node: largest[node] * samples[node] for node in largest}
+        return largest, samples
 
     def peak_bytes(self, chunk_bytes: int) -> int:
         """About the most memory the sweep holds at once, before it runs.
@@ -114,7 +112,7 @@ class _Plan:
         """
         nodes = self.relevant()
         held = sum(self._bytes(n) for n in nodes)
-        one_column = max((self.grown[n] for n in nodes), default=0)
+        one_column = max((self.largest[n] * self.samples[n] for n in nodes), default=0)
         return held + 4 * max(chunk_bytes, one_column)
 
     def _param_nodes(self) -> dict[int, int]:
@@ -343,9 +341,10 @@ class _Drain:
         return self.orders[starts]
 
     def _column_bytes(self, start: dict[int, list]) -> int:
-        """Bytes one column of ``start`` takes at its largest on the way down."""
+        """Bytes one column of ``start`` takes, written out one per sample where
+        a node further down mixes the samples."""
         here = sum(p.column_bytes for parts in start.values() for p in parts)
-        return max(here, max(self.plan.grown[n] for n in start))
+        return here * max(self.plan.samples[n] for n in start)
 
     def worth_it(self, start: dict[int, list]) -> bool:
         """Large enough to slice (here or further down), and sliceable (every
