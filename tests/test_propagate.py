@@ -7,10 +7,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, jacrev
 
-from gradgraph.derivatives import (
-    hessian_diagonal,
-)
-from gradgraph.derivatives.propagate import (
+from gradgraph.derivatives import hessian_diagonal
+from gradgraph.derivatives.propagation import (
     UnsupportedOpError,
     diagonal_method,
     ggn_diagonal,

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from gradgraph.derivatives import hessian_diagonal
-from gradgraph.derivatives.propagate import (
+from gradgraph.derivatives.propagation import (
     UnsupportedOpError,
     diagonal_method,
     ggn_diagonal,

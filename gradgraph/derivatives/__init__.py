@@ -19,7 +19,7 @@ from .matrix_free import (
     hessian_trace,
 )
 from .operator import HessianOperator
-from .propagate import (
+from .propagation import (
     UnsupportedOpError,
     diagonal_method,
     ggn_diagonal,

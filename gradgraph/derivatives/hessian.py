@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,7 +36,7 @@ from .estimate import progress_bar
 from .gradient_hooks import check_gradient_hooks
 from .hvp import gradient_graph
 from .params import ParamSet, as_params, unused_hint
-from .propagate import diagonal_by_propagation, diagonal_method
+from .propagation import diagonal_by_propagation, propagation_obstacles
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -259,19 +260,26 @@ def _diagonal_exact(
     allow_unused: bool = False,
     progress: bool = True,
 ) -> list[torch.Tensor]:
-    """Propagation when every op has a curvature rule, else the HVP rows.
-
-    Intermediate (non-leaf) tensors as params take the rows too.
-    """
+    """Propagation when every op has a curvature rule (and the sweep fits the
+    memory budget), else the HVP rows. Intermediate (non-leaf) tensors as
+    params take the rows too."""
     route = "rows"
     if all(t.is_leaf for t in ps.tensors):
         try:
-            route = diagonal_method(loss, ps, allow_unused=allow_unused)
+            obstacles = propagation_obstacles(loss, ps, allow_unused=allow_unused)
         except ValueError as exc:
             hint = unused_hint(loss) if "does not depend" in str(exc) else ""
             if hint:
                 raise ValueError(f"{exc}{hint}") from exc
             raise
+        if not obstacles:
+            route = "propagate"
+        elif obstacles[-1].startswith("memory:"):
+            warnings.warn(
+                f"hessian_diagonal: {obstacles[-1]}; computing exact HVP rows instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return DIAGONAL_METHODS[route](
         loss, ps, batch_size=batch_size, allow_unused=allow_unused, progress=progress
     )

@@ -26,8 +26,10 @@ reaches both (a normalization layer that shapes its own input), which has no
 rule.
 
 Example:
-    >>> sorted(NORM_RULES)
-    ['NativeBatchNormBackward0', 'NativeGroupNormBackward0', 'NativeLayerNormBackward0']
+    >>> import torch
+    >>> from gradgraph.derivatives.propagation.registry import rule_for
+    >>> type(rule_for("NativeLayerNormBackward0")).__name__
+    'LayerNorm'
 """
 
 from __future__ import annotations
@@ -36,10 +38,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .curvature_columns import Columns, DenseColumns, OuterColumns, SampleColumns
-from .curvature_rules import OpContext, Rule
-
-__all__ = ["NORM_RULES"]
+from ..base import OpContext, Rule
+from ..columns import (
+    Columns,
+    DenseColumns,
+    OuterColumns,
+    RowColumns,
+    SampleColumns,
+)
+from ..registry import register
 
 
 @dataclass
@@ -214,20 +221,7 @@ class _Normalization(Rule):
             [centred, pairs[0][0].unsqueeze(2), pairs[1][0].unsqueeze(2)], dim=2
         )  # [N, R, K + 2, K]
         signs = torch.cat([(-a.sign()).expand_as(xhat), pairs[0][1], pairs[1][1]], -1)
-        return {0: self._row_columns(rows, factors, signs)}
-
-    @staticmethod
-    def _row_columns(rows: _Rows, factors: torch.Tensor, signs: torch.Tensor):
-        """Columns ``factors[n, r, j]`` (``[N, R, J, K]``), each on one row ``r``."""
-        n, r, j, k = factors.shape
-        data = factors.new_zeros(r, j, n, r, k)
-        idx = torch.arange(r, device=factors.device)
-        data[idx, :, :, idx] = factors.permute(1, 2, 0, 3)
-        data = rows.join(data.reshape(r * j, n, r, k))  # [R * J, *shape]
-        sign = signs.permute(1, 2, 0).reshape(r * j, n)
-        if rows.per_sample:
-            return SampleColumns(data, sign)
-        return DenseColumns(data, sign.reshape(-1))
+        return {0: RowColumns(factors, signs, rows.join, rows.per_sample)}
 
 
 class LayerNorm(_Normalization):
@@ -256,6 +250,9 @@ class BatchNorm(_Normalization):
 
     def rows(self, fn):
         return _batch_norm_rows(fn)
+
+    def mixes_samples(self, fn):
+        return bool(fn._saved_training)
 
     def _state(self, ctx):
         fn = ctx.fn
@@ -289,8 +286,6 @@ class BatchNorm(_Normalization):
         return {}
 
 
-NORM_RULES: dict[str, Rule] = {
-    "NativeLayerNormBackward0": LayerNorm(),
-    "NativeGroupNormBackward0": GroupNorm(),
-    "NativeBatchNormBackward0": BatchNorm(),
-}
+register(LayerNorm(), "NativeLayerNormBackward0")
+register(GroupNorm(), "NativeGroupNormBackward0")
+register(BatchNorm(), "NativeBatchNormBackward0")
