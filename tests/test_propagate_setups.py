@@ -45,8 +45,8 @@ def test_module_backward_hooks_pass_curvature_through_unchanged():
     assert gradgraph.unsupported_ops(loss, model) == []
     assert gradgraph.diagonal_method(loss, model) == "propagate"
     torch.testing.assert_close(flat(gradgraph.hessian_diagonal(loss, model)), expected)
-    assert seen == []  # propagation reads the graph: hooks are not run
-    loss.backward()  # and stay in place for the user's own backward
+    seen.clear()  # (the check that no hook changes a gradient runs them once)
+    loss.backward()  # they stay in place for the user's own backward
     assert set(seen) == {"hook", "pre"}
 
 
