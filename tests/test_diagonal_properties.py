@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import gradgraph
 from gradgraph.derivatives.gradient_hooks import GradientHookError
 
-ENGINE_HANDLES_DUPLICATES = False
+ENGINE_HANDLES_DUPLICATES = True
 """Set True once a tensor listed twice in params gets its diagonal under both
 names from every method (issue 18 item 1, the ``engine`` branch)."""
 

@@ -33,6 +33,10 @@ import torch
 __all__ = ["GradientHookError", "check_gradient_hooks", "refusing_gradient_hooks"]
 
 
+MODULE_HOOK_NODE = "BackwardHookFunctionBackward"
+"""The identity node that ``register_full_backward_hook`` puts in the graph."""
+
+
 class GradientHookError(ValueError):
     """A hook changes a gradient inside the loss's graph."""
 
@@ -92,8 +96,13 @@ def refusing_gradient_hooks(
 
     def after(fn):
         children = [(id(child), nr) for child, nr in fn.next_functions]
+        passes_through = names[id(fn)] == MODULE_HOOK_NODE
 
         def hook(grad_inputs, grad_outputs):
+            if passes_through:  # its backward is the identity: a change is a hook's
+                for got, want in zip(grad_inputs, grad_outputs, strict=False):
+                    if not _same(got, want):
+                        _refuse(f"{names[id(fn)]} (a module's full backward hook)")
             with torch.no_grad():
                 for (child, nr), grad in zip(children, grad_inputs, strict=False):
                     if grad is None or child is None:
