@@ -47,6 +47,7 @@ from .curvature_columns import (
     take_columns,
     written_out,
 )
+from .curvature_indexing import INDEXING_RULES
 from .curvature_norm import NORM_RULES
 from .curvature_rules import RULES as ELEMENTARY_RULES
 from .curvature_rules import OpContext, UnsupportedOpError
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 
-RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES, **NORM_RULES}
+RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES, **NORM_RULES, **INDEXING_RULES}
 
 
 class _Plan:
@@ -137,12 +138,17 @@ class _Plan:
             for child, out_nr in fn.next_functions:
                 bits.append(0 if child is None else self.reach[self.index[child]])
                 flows.append(bool(bits[-1]))
-                if flows[-1] and out_nr != 0:
+                if flows[-1] and out_nr != 0 and not _several_outputs(child):
                     missing.add(f"{type(child).__name__} (output {out_nr} of several)")
             reason = rule.refuses(fn, flows, lambda i, j, b=bits: bool(b[i] & b[j]))
             if reason is not None:
                 missing.add(reason)
         return sorted(missing)
+
+
+def _several_outputs(fn: Any) -> bool:
+    """Does ``fn``'s rule take columns through each of its outputs (``split``)?"""
+    return getattr(RULES.get(type(fn).__name__), "several_outputs", False)
 
 
 def unsupported_ops(loss: torch.Tensor, params: Any) -> list[str]:
@@ -175,36 +181,46 @@ def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
     """What each node's rule sees, from one backward pass for the gradients.
 
     Returns node -> (its OpContext, the graph node behind each input or None
-    where no parameter's gradient flows).
+    where no parameter's gradient flows). ``plan.ports`` records which output
+    of a several-output child (``split``) each input is: (node, pos) -> output.
     """
     fns, index, reach = plan.fns, plan.index, plan.reach
     loss_fn = fns[plan.root]
-    grads: dict[int, torch.Tensor] = {}
+    grads: dict[int, dict[int, torch.Tensor]] = {}  # node -> output -> dL/dy
     contexts: dict[int, tuple[OpContext, list[int | None]]] = {}
+    plan.ports = {}
     for node in plan.relevant():
-        grad = grads.pop(node, None)
+        received = grads.pop(node, {})
         if node in plan.leaf:
             continue
         fn = fns[node]
         if fn is loss_fn:
-            grad = torch.ones_like(plan.loss)
+            received = {0: torch.ones_like(plan.loss)}
         children: list[int | None] = [None] * len(fn.next_functions)
-        for pos, (child_fn, _) in enumerate(fn.next_functions):
+        for pos, (child_fn, out_nr) in enumerate(fn.next_functions):
             if child_fn is None or not reach[index[child_fn]]:
                 continue
             children[pos] = index[child_fn]
+            if _several_outputs(child_fn):
+                plan.ports[node, pos] = out_nr
         # ops with several outputs (group norm's mean and rstd) take one grad each
-        grads_in = fn(grad, *[None] * (len(fn._input_metadata) - 1))
+        grads_in = fn(*[received.get(k) for k in range(len(fn._input_metadata))])
         grads_in = grads_in if isinstance(grads_in, tuple) else (grads_in,)
+        # a node whose outputs tile its input holds its columns in the input's shape
+        grad = grads_in[0] if _several_outputs(fn) else received[0]
         in_shapes: list[tuple[int, ...] | None] = [None] * len(children)
         for pos, child in enumerate(children):
             if child is not None:
+                out_nr = plan.ports.get((node, pos), 0)
                 shape = plan.shapes[child]
+                if (node, pos) in plan.ports:  # the trace has output 0's shape
+                    shape = tuple(fns[child]._input_metadata[out_nr].shape)
                 g = grads_in[pos]
                 if shape is not None and tuple(g.shape) != shape:
                     g = g.sum_to_size(shape)  # what the engine does for broadcasts
                 in_shapes[pos] = tuple(g.shape)
-                grads[child] = g if child not in grads else grads[child] + g
+                port = grads.setdefault(child, {})
+                port[out_nr] = g if out_nr not in port else port[out_nr] + g
         ctx = OpContext(
             fn=fn,
             grad=grad,
@@ -236,6 +252,19 @@ def _mask_relus_at_pools(plan: _Plan, contexts: dict) -> None:
             ctx.premasked = True
             for pool in pools:
                 pool.mask_relu_input = True
+
+
+def _arrive(plan: _Plan, contexts: dict, node: int, pos: int, block: Columns):
+    """``block``, pulled back to input ``pos`` of ``node``, as its child holds it.
+
+    Columns for one output of a several-output child (``split``) are put in
+    place in the child's own layout; all others arrive as they are.
+    """
+    out_nr = plan.ports.get((node, pos))
+    if out_nr is None:
+        return block
+    child_ctx = contexts[contexts[node][1][pos]][0]
+    return RULES[child_ctx.op].embed(child_ctx, block, out_nr)
 
 
 def _size(parts: list) -> int:
@@ -302,8 +331,9 @@ class _Drain:
                 rule = RULES[ctx.op]
                 for pos, child in enumerate(children):
                     if child is not None:
+                        pulled = rule.pullback(ctx, block, pos)
                         pending.setdefault(child, []).append(
-                            rule.pullback(ctx, block, pos)
+                            _arrive(self.plan, self.contexts, node, pos, pulled)
                         )
                 del block
 
@@ -356,11 +386,14 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
             block = blocks.pop(source)  # freed once every input has its pullback
             for pos, child in enumerate(children):
                 if child is not None:
-                    deliver(child, source, rule.pullback(ctx, block, pos))
+                    pulled = rule.pullback(ctx, block, pos)
+                    deliver(child, source, _arrive(plan, contexts, node, pos, pulled))
             del block
         if not ggn or rule.loss:
             start: dict[int, list] = {}
             for pos, block in rule.residual(ctx).items():
+                if (node, pos) in plan.ports:  # at a split: put in place
+                    block = _arrive(plan, contexts, node, pos, written_out(block))
                 start.setdefault(children[pos], []).append(block)
             if start and drain.worth_it(start):
                 drain(start)
