@@ -37,6 +37,7 @@ import torch
 
 from ..graph import trace
 from ..nodes import ACCUMULATE_OP
+from .curvature_attention import ATTENTION_RULES
 from .curvature_columns import (
     Columns,
     column_bytes,
@@ -64,7 +65,13 @@ __all__ = [
 ]
 
 
-RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES, **NORM_RULES, **INDEXING_RULES}
+RULES = {
+    **ELEMENTARY_RULES,
+    **SPATIAL_RULES,
+    **NORM_RULES,
+    **INDEXING_RULES,
+    **ATTENTION_RULES,
+}
 
 
 class _Plan:
