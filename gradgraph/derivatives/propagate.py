@@ -37,6 +37,7 @@ import torch
 
 from ..graph import trace
 from ..nodes import ACCUMULATE_OP
+from .curvature_activations import ACTIVATION_RULES
 from .curvature_attention import ATTENTION_RULES
 from .curvature_columns import (
     Columns,
@@ -71,6 +72,7 @@ RULES = {
     **NORM_RULES,
     **INDEXING_RULES,
     **ATTENTION_RULES,
+    **ACTIVATION_RULES,
 }
 
 
