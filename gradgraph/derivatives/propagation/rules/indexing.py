@@ -15,7 +15,7 @@ through one output are placed into the input's shape on arrival
 
 Example:
     >>> import torch
-    >>> from gradgraph.derivatives.propagate import propagated_hessian_diagonal
+    >>> from gradgraph.derivatives import propagated_hessian_diagonal
     >>> w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     >>> a, b = w.split([1, 2])
     >>> propagated_hessian_diagonal((torch.cat([b, a]) ** 3).sum(), w)  # 6 w
@@ -30,10 +30,11 @@ from typing import Any
 import torch
 from torch.func import vmap
 
-from .curvature_columns import Columns, SampleColumns
-from .curvature_rules import OpContext, Rule, unbroadcast
+from ..base import OpContext, Rule, unbroadcast
+from ..columns import Columns, SampleColumns
+from ..registry import register
 
-__all__ = ["INDEXING_RULES", "ByOwnBackward", "Tiling"]
+__all__ = ["ByOwnBackward", "Tiling"]
 
 
 def _dim(fn: Any, rank: int, name: str = "_saved_dim") -> int:
@@ -170,26 +171,30 @@ class Tiling(Rule):
         return block
 
 
-INDEXING_RULES: dict[str, Rule] = {
-    "CatBackward0": ByOwnBackward(_dim_not_batch),
-    "StackBackward0": ByOwnBackward(_dim_not_batch),
-    "SelectBackward0": ByOwnBackward(_dim_not_batch),
-    "SliceBackward0": ByOwnBackward(_dim_not_batch),
-    "GatherBackward0": ByOwnBackward(_dim_not_batch),
-    "IndexBackward0": ByOwnBackward(_index_keeps_batch),
-    "TransposeBackward0": ByOwnBackward(_transpose_keeps_batch),
-    "TransposeBackward1": ByOwnBackward(_transpose_keeps_batch),
-    "FlipBackward0": ByOwnBackward(_flip_keeps_batch),
-    "TrilBackward0": ByOwnBackward(_tril_keeps_batch),
-    "TriuBackward0": ByOwnBackward(_tril_keeps_batch),
-    "RepeatBackward0": ByOwnBackward(_never),
-    "EmbeddingBackward0": ByOwnBackward(_never),
-    "WhereBackward0": ByOwnBackward(_elementwise),
-    "MaskedFillBackward0": ByOwnBackward(_elementwise),
-    "NativeDropoutBackward0": ByOwnBackward(_elementwise),
-    "SplitBackward0": Tiling(unbind=False),
-    "SplitWithSizesBackward0": Tiling(unbind=False),
-    "UnsafeSplitBackward0": Tiling(unbind=False),
-    "UnsafeSplitWithSizesBackward0": Tiling(unbind=False),
-    "UnbindBackward0": Tiling(unbind=True),
-}
+register(
+    ByOwnBackward(_dim_not_batch),
+    "CatBackward0",
+    "StackBackward0",
+    "SelectBackward0",
+    "SliceBackward0",
+    "GatherBackward0",
+)
+register(ByOwnBackward(_index_keeps_batch), "IndexBackward0")
+register(ByOwnBackward(_transpose_keeps_batch), "TransposeBackward0")
+register(ByOwnBackward(_flip_keeps_batch), "FlipBackward0")
+register(ByOwnBackward(_tril_keeps_batch), "TrilBackward0", "TriuBackward0")
+register(ByOwnBackward(_never), "RepeatBackward0", "EmbeddingBackward0")
+register(
+    ByOwnBackward(_elementwise),
+    "WhereBackward0",
+    "MaskedFillBackward0",
+    "NativeDropoutBackward0",
+)
+register(
+    Tiling(unbind=False),
+    "SplitBackward0",
+    "SplitWithSizesBackward0",
+    "UnsafeSplitBackward0",
+    "UnsafeSplitWithSizesBackward0",
+)
+register(Tiling(unbind=True), "UnbindBackward0")

@@ -11,7 +11,7 @@ torch cannot differentiate twice, has its slope written out. ``ToCopyBackward0``
 
 Example:
     >>> import torch
-    >>> from gradgraph.derivatives.propagate import propagated_hessian_diagonal
+    >>> from gradgraph.derivatives import propagated_hessian_diagonal
     >>> w = torch.tensor([1.0, 4.0], requires_grad=True)
     >>> propagated_hessian_diagonal(torch.rsqrt(w).sum(), w)  # 3/4 w^(-5/2)
     tensor([0.7500, 0.0234])
@@ -24,10 +24,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .curvature_columns import OuterColumns
-from .curvature_rules import Elementwise, Rule, _from_input
+from ..base import Rule
+from ..columns import OuterColumns
+from ..registry import register
+from .elementwise import Elementwise, _from_input
 
-__all__ = ["ACTIVATION_RULES", "Cast"]
+__all__ = ["Cast"]
 
 
 def _rsqrt(fn):
@@ -72,14 +74,15 @@ class Cast(Rule):
         return type(block)(block.data.to(**cast), block.sign.to(**cast))
 
 
-ACTIVATION_RULES: dict[str, Rule] = {
-    "RsqrtBackward0": Elementwise(_rsqrt),
-    "SqrtBackward0": Elementwise(_sqrt),
-    "PowBackward2": Elementwise(_scalar_power),
-    "HardswishBackward0": Elementwise(_from_input(lambda fn, x: F.hardswish(x))),
-    "HardtanhBackward0": Elementwise(_piecewise_linear),
-    "HardsigmoidBackward0": Elementwise(_piecewise_linear),
-    "ClampBackward1": Elementwise(_piecewise_linear),
-    "AbsBackward0": Elementwise(_piecewise_linear),
-    "ToCopyBackward0": Cast(),
-}
+register(Elementwise(_rsqrt), "RsqrtBackward0")
+register(Elementwise(_sqrt), "SqrtBackward0")
+register(Elementwise(_scalar_power), "PowBackward2")
+register(Elementwise(_from_input(lambda fn, x: F.hardswish(x))), "HardswishBackward0")
+register(
+    Elementwise(_piecewise_linear),
+    "HardtanhBackward0",
+    "HardsigmoidBackward0",
+    "ClampBackward1",
+    "AbsBackward0",
+)
+register(Cast(), "ToCopyBackward0")

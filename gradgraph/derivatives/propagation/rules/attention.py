@@ -17,7 +17,7 @@
 
 Example:
     >>> import torch
-    >>> from gradgraph.derivatives.propagate import propagated_hessian_diagonal
+    >>> from gradgraph.derivatives import propagated_hessian_diagonal
     >>> w = torch.tensor([[[1.0, 2.0]]], requires_grad=True)
     >>> propagated_hessian_diagonal(torch.bmm(w.transpose(1, 2), w).sum(), w)
     tensor([[[2., 2.]]])
@@ -29,12 +29,13 @@ import math
 from typing import Any
 
 import torch
-from torch.func import hessian, vjp, vmap
+from torch.func import jacrev, vjp, vmap
 
-from .curvature_columns import Columns, DenseColumns, OuterColumns, SampleColumns
-from .curvature_rules import OpContext, Rule, _pair, _scale, unbroadcast
+from ..base import OpContext, Rule, cross_pair, scale, unbroadcast
+from ..columns import Columns, DenseColumns, OuterColumns, SampleColumns
+from ..registry import register
 
-__all__ = ["ATTENTION_RULES", "BatchedMatMul", "FusedAttention", "attention"]
+__all__ = ["BatchedMatMul", "FusedAttention", "attention"]
 
 
 class BatchedMatMul(Rule):
@@ -53,7 +54,7 @@ class BatchedMatMul(Rule):
         if self.offset and pos == 0:
             beta = ctx.fn._saved_beta
             return unbroadcast(
-                _scale(block, beta, ctx.out_shape), ctx.in_shapes[0], ctx.out_shape
+                scale(block, beta, ctx.out_shape), ctx.in_shapes[0], ctx.out_shape
             )
         a, b, alpha = self._mats(ctx)
         if isinstance(block, OuterColumns) or not isinstance(
@@ -89,7 +90,7 @@ class BatchedMatMul(Rule):
             at_a[k, :, :, :, k] = g.permute(2, 0, 1).unsqueeze(0)
             at_a = at_a.reshape(inner * cols, batch, rows, inner)
         sign = g.new_ones(at_a.shape[0], batch)
-        a2, b2 = _pair(SampleColumns(at_a, sign), SampleColumns(at_b, sign))
+        a2, b2 = cross_pair(SampleColumns(at_a, sign), SampleColumns(at_b, sign))
         return {i: a2, j: b2}
 
 
@@ -147,6 +148,8 @@ class FusedAttention(Rule):
         op = type(fn).__name__
         if (_saved(fn, "_saved_dropout_p") or 0) != 0:
             return f"{op} (dropout_p > 0: a random mask; use dropout_p=0 or .eval())"
+        if _saved(fn, "_saved_cum_seq_q") is not None:
+            return f"{op} (variable-length / nested inputs)"
         q, k, v = self._inputs(fn)
         if q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1]:
             return f"{op} (query, key and value of different batch or head counts)"
@@ -193,7 +196,7 @@ class FusedAttention(Rule):
             return (grad * self._attend(fn, m)(qs, ks, vs)).sum()
 
         with torch.enable_grad():
-            local = vmap(hessian(weighted))(x, g, masks)  # [T, n, n]
+            local = vmap(jacrev(jacrev(weighted)))(x, g, masks)  # [T, n, n]
         values, vectors = torch.linalg.eigh(local)
         cols = vectors * values.abs().sqrt().unsqueeze(1)  # column j: [:, :, j]
         cols, sign = cols.transpose(1, 2), values.sign()  # [T, n(cols), n]
@@ -230,11 +233,12 @@ def _on_slices(cols: torch.Tensor, sign: torch.Tensor, shape: torch.Size) -> Col
 
 _FUSED = FusedAttention()
 
-ATTENTION_RULES: dict[str, Rule] = {
-    "BmmBackward0": BatchedMatMul(with_bias=False),
-    "BaddbmmBackward0": BatchedMatMul(with_bias=True),
-    "ScaledDotProductFlashAttentionForCpuBackward0": _FUSED,
-    "ScaledDotProductFlashAttentionBackward0": _FUSED,
-    "ScaledDotProductEfficientAttentionBackward0": _FUSED,
-    "ScaledDotProductCudnnAttentionBackward0": _FUSED,
-}
+register(BatchedMatMul(with_bias=False), "BmmBackward0")
+register(BatchedMatMul(with_bias=True), "BaddbmmBackward0")
+register(
+    _FUSED,
+    "ScaledDotProductFlashAttentionForCpuBackward0",
+    "ScaledDotProductFlashAttentionBackward0",
+    "ScaledDotProductEfficientAttentionBackward0",
+    "ScaledDotProductCudnnAttentionBackward0",
+)
