@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.func import vmap
 
-from ..base import OpContext, Rule, unbroadcast
+from ..base import OpContext, Rule, saved_dim, unbroadcast
 from ..columns import Columns, SampleColumns
 from ..registry import register
 
@@ -38,7 +38,7 @@ __all__ = ["ByOwnBackward", "Tiling"]
 
 
 def _dim(fn: Any, rank: int, name: str = "_saved_dim") -> int:
-    return getattr(fn, name) % max(rank, 1)
+    return saved_dim(getattr(fn, name), rank)
 
 
 def _dim_not_batch(fn: Any, in_shape: tuple, out_shape: tuple) -> bool:
@@ -49,7 +49,7 @@ def _dim_not_batch(fn: Any, in_shape: tuple, out_shape: tuple) -> bool:
 
 def _transpose_keeps_batch(fn, in_shape, out_shape) -> bool:
     rank = len(in_shape)
-    return 0 not in (fn._saved_dim0 % rank, fn._saved_dim1 % rank)
+    return 0 not in (saved_dim(fn._saved_dim0, rank), saved_dim(fn._saved_dim1, rank))
 
 
 def _index_keeps_batch(fn, in_shape, out_shape) -> bool:
@@ -65,7 +65,7 @@ def _elementwise(fn, in_shape, out_shape) -> bool:
 
 
 def _flip_keeps_batch(fn, in_shape, out_shape) -> bool:
-    return all(d % len(in_shape) != 0 for d in fn._saved_dims)
+    return all(saved_dim(d, len(in_shape)) != 0 for d in fn._saved_dims)
 
 
 def _tril_keeps_batch(fn, in_shape, out_shape) -> bool:
