@@ -264,6 +264,9 @@ CASES: dict[str, Case | list[Case]] = {
         case(torch.bmm, (2, 3, 4), (2, 4, 5)),
         case(torch.bmm, (2, 5, 4), (2, 4, 3)),
     ],
+    "SafeSoftmaxBackward0": case(
+        lambda x: torch.ops.aten._safe_softmax(x, -1), (2, 3, 4)
+    ),
     "BaddbmmBackward0": case(
         lambda c, a, b: torch.baddbmm(c, a, b, beta=0.5, alpha=2.0),
         (1, 3, 2),

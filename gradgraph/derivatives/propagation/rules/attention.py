@@ -34,6 +34,7 @@ from torch.func import jacrev, vjp, vmap
 from ..base import OpContext, Rule, cross_pair, scale, unbroadcast
 from ..columns import Columns, DenseColumns, OuterColumns, SampleColumns
 from ..registry import register
+from .elementwise import Softmax
 
 __all__ = ["BatchedMatMul", "FusedAttention", "attention"]
 
@@ -233,6 +234,8 @@ def _on_slices(cols: torch.Tensor, sign: torch.Tensor, shape: torch.Size) -> Col
 
 _FUSED = FusedAttention()
 
+# the math kernel's softmax: rows masked out entirely give zeros, not NaN
+register(Softmax(), "SafeSoftmaxBackward0")
 register(BatchedMatMul(with_bias=False), "BmmBackward0")
 register(BatchedMatMul(with_bias=True), "BaddbmmBackward0")
 register(
