@@ -190,14 +190,13 @@ def _tiny_models():
     transformers.logging.set_verbosity_error()
     ids = torch.randint(0, 16, (2, 5), generator=torch.Generator().manual_seed(1))
     common = {"vocab_size": 16, "max_position_embeddings": 8}
-    bert = dict(
-        num_hidden_layers=1,
-        hidden_size=8,
-        num_attention_heads=2,
-        intermediate_size=16,
-        attn_implementation="eager",
-        **common,
-    )
+    layer = {  # one small layer, as BERT, LLaMA and ViT name its sizes
+        "num_hidden_layers": 1,
+        "hidden_size": 8,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+        "attn_implementation": "eager",
+    }
 
     def lm_loss(logits):
         return F.cross_entropy(logits[:, :-1].reshape(-1, 16), ids[:, 1:].reshape(-1))
@@ -213,30 +212,13 @@ def _tiny_models():
         )
     )
     llama = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            num_hidden_layers=1,
-            hidden_size=8,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            intermediate_size=16,
-            attn_implementation="eager",
-            **common,
-        )
+        transformers.LlamaConfig(num_key_value_heads=1, **layer, **common)
     )
     bert_model = transformers.BertModel(
-        transformers.BertConfig(**bert), add_pooling_layer=False
+        transformers.BertConfig(**layer, **common), add_pooling_layer=False
     )
     vit = transformers.ViTModel(
-        transformers.ViTConfig(
-            num_hidden_layers=1,
-            hidden_size=8,
-            num_attention_heads=2,
-            intermediate_size=16,
-            image_size=4,
-            patch_size=2,
-            num_channels=1,
-            attn_implementation="eager",
-        ),
+        transformers.ViTConfig(image_size=4, patch_size=2, num_channels=1, **layer),
         add_pooling_layer=False,
     )
     pixels = torch.randn(2, 1, 4, 4, dtype=torch.float64)

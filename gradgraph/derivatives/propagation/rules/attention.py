@@ -31,19 +31,17 @@ from typing import Any
 import torch
 from torch.func import jacrev, vjp, vmap
 
-from ..base import OpContext, Rule, cross_pair, scale, unbroadcast
+from ..base import OpContext, Rule, cross_pair
 from ..columns import Columns, DenseColumns, OuterColumns, SampleColumns
 from ..registry import register
 from .elementwise import Softmax
+from .linalg import MatMul
 
 __all__ = ["BatchedMatMul", "FusedAttention", "attention"]
 
 
-class BatchedMatMul(Rule):
+class BatchedMatMul(MatMul):
     """``out = beta bias + alpha batch1 @ batch2`` over a batch dim (dim 0)."""
-
-    def __init__(self, with_bias: bool):
-        self.offset = 1 if with_bias else 0
 
     def _mats(self, ctx: OpContext) -> tuple[torch.Tensor, torch.Tensor, float]:
         fn = ctx.fn
@@ -52,11 +50,8 @@ class BatchedMatMul(Rule):
         return fn._saved_self, fn._saved_mat2, 1
 
     def pullback(self, ctx, block, pos):
-        if self.offset and pos == 0:
-            beta = ctx.fn._saved_beta
-            return unbroadcast(
-                scale(block, beta, ctx.out_shape), ctx.in_shapes[0], ctx.out_shape
-            )
+        if self.offset and pos == 0:  # the bias, as for addmm
+            return super().pullback(ctx, block, pos)
         a, b, alpha = self._mats(ctx)
         if isinstance(block, OuterColumns) or not isinstance(
             block, DenseColumns | SampleColumns
