@@ -167,6 +167,15 @@ def test_attention_dropout_is_refused():
     assert "dropout_p > 0" in reason
 
 
+def test_sparse_embedding_is_refused():
+    e = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    loss = F.embedding(torch.tensor([1, 2, 1]), e, sparse=True).pow(3).sum()
+    assert unsupported_ops(loss, e) == [
+        "EmbeddingBackward0 (sparse gradients; use sparse=False)"
+    ]
+    assert diagonal_method(loss, e) == "exact"
+
+
 def test_math_kernel_with_dropout_propagates():
     """On CPU, SDPA with dropout runs the math kernel: a fixed mask per forward."""
     w = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)

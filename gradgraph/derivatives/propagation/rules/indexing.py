@@ -89,6 +89,11 @@ class ByOwnBackward(Rule):
     def __init__(self, keeps_batch: KeepsBatch):
         self.keeps_batch = keeps_batch
 
+    def refuses(self, fn, flows, coupled):
+        if getattr(fn, "_saved_sparse", False) or getattr(fn, "_saved_sparse_grad", 0):
+            return f"{type(fn).__name__} (sparse gradients; use sparse=False)"
+        return None
+
     def _layout(self, ctx: OpContext, block: Columns) -> Columns:
         if isinstance(block, SampleColumns):
             shapes = [s for s in ctx.in_shapes if s is not None]
