@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Rule
-from ..columns import OuterColumns
+from ..columns import DenseColumns, SampleColumns
 from ..registry import register
 from .elementwise import Elementwise, _from_input
 
@@ -68,7 +68,7 @@ class Cast(Rule):
             dtype, device = child.variable.dtype, child.variable.device
         else:
             dtype, device = meta.dtype, meta.device
-        if isinstance(block, OuterColumns) or not hasattr(block, "data"):
+        if not isinstance(block, DenseColumns | SampleColumns):
             block = block.to_dense(ctx.out_shape)
         cast = {"dtype": dtype, "device": device}
         return type(block)(block.data.to(**cast), block.sign.to(**cast))
