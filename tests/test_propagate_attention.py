@@ -259,9 +259,10 @@ def _hvp_entries(model, loss_of, count: int = 2):
     return entries
 
 
-# transformers' LLaMA runs RMSNorm and the attention softmax in float32 whatever
-# the model's dtype (ToCopy nodes): both sides then carry float32 rounding.
-FLOAT32_INSIDE = {"llama": 1e-5}
+# transformers' LLaMA and ViT run the attention softmax (LLaMA: RMSNorm too) in
+# float32 whatever the model's dtype (ToCopy nodes): both sides then carry
+# float32 rounding. The others are float64 throughout.
+FLOAT32_INSIDE = {"llama": 1e-5, "vit": 1e-5}
 
 
 @pytest.mark.parametrize(
@@ -273,8 +274,9 @@ def test_tiny_transformer_is_exact_by_propagation(name):
     model = model.double().eval()
     loss = loss_of(model)
     assert diagonal_method(loss, model) == "propagate"
+    fns = {type(fn).__name__ for fn in _grad_fns(loss)}
+    assert ("ToCopyBackward0" in fns) == (name in FLOAT32_INSIDE)
     if name == "transformer-encoder":  # fused SDPA, no double backward from torch
-        fns = {type(fn).__name__ for fn in _grad_fns(loss)}
         assert "ScaledDotProductFlashAttentionForCpuBackward0" in fns
     diagonal = hessian_diagonal(loss, model)
     entries = _hvp_entries(model, loss_of)
