@@ -18,7 +18,7 @@ Example:
     >>> from gradgraph.derivatives import propagated_hessian_diagonal
     >>> w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     >>> a, b = w.split([1, 2])
-    >>> propagated_hessian_diagonal((torch.cat([b, a]) ** 3).sum(), w)  # 6 w
+    >>> propagated_hessian_diagonal((torch.cat([b, a]) ** 3).sum(), w).round()  # 6 w
     tensor([ 6., 12., 18.])
 """
 
