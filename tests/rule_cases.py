@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules._functions import BackwardHookFunction
 
 _GENERATOR = torch.Generator().manual_seed(0)
@@ -39,6 +40,8 @@ class Case:
 
     op: Callable[..., torch.Tensor]
     inputs: tuple[torch.Tensor, ...]
+    # the same function where ``op``'s node has no double backward (fused SDPA)
+    reference: Callable[..., torch.Tensor] | None = None
 
     def build(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         inputs = [t.detach().clone().requires_grad_(True) for t in self.inputs]
@@ -54,6 +57,24 @@ def case(op: Callable[..., torch.Tensor], *inputs) -> Case:
 
 LABELS = torch.tensor([0, 2, 1])
 TARGET = _random(3, 4)
+
+
+MASK = _random(3, 4) > 0
+
+
+def _attention(**options):
+    """SDPA's fused CPU kernel; ``reference`` recomputes it twice-differentiably."""
+
+    def op(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, **options)
+
+    def reference(q, k, v):
+        with sdpa_kernel(SDPBackend.MATH):
+            return op(q, k, v)
+
+    return Case(
+        op, (_random(2, 2, 3, 4), _random(2, 2, 4, 4), _random(2, 2, 4, 4)), reference
+    )
 
 
 def _batch_norm(training: bool):
@@ -199,6 +220,88 @@ CASES: dict[str, Case | list[Case]] = {
         lambda x, w, b: F.group_norm(x, 2, w, b), (2, 4, 3), (4,), (4,)
     ),
     "NativeBatchNormBackward0": [_batch_norm(True), _batch_norm(False)],
+    # indexing
+    "CatBackward0": [
+        case(lambda a, b: torch.cat([a, b], 1), (3, 2), (3, 4)),
+        case(lambda a, b: torch.cat([a, b]), (1, 4), (3, 4)),
+    ],
+    "StackBackward0": case(lambda a, b: torch.stack([a, b], 2), (3, 4), (3, 4)),
+    "SelectBackward0": case(lambda x: x.select(1, 2), (3, 4, 2)),
+    "SliceBackward0": case(lambda x: x[:, 1:4:2], (3, 5)),
+    "GatherBackward0": case(
+        lambda x: x.gather(1, torch.tensor([[0, 0], [2, 1]])), (2, 3)
+    ),
+    "IndexBackward0": [
+        case(lambda x: x[:, torch.tensor([0, 2, 0])], (3, 4)),
+        case(lambda x: x[torch.tensor([1, 1, 0])], (3, 4)),
+    ],
+    "TransposeBackward0": case(lambda x: x.transpose(1, 2), (2, 3, 4)),
+    "FlipBackward0": case(lambda x: x.flip(1), (3, 4)),
+    "TrilBackward0": case(lambda x: x.tril(), (2, 3, 3)),
+    "TriuBackward0": case(lambda x: x.triu(1), (3, 3)),
+    "RepeatBackward0": case(lambda x: x.repeat(2, 1), (3, 4)),
+    "EmbeddingBackward0": [
+        case(lambda w: F.embedding(torch.tensor([[1, 0, 1], [3, 3, 0]]), w), (4, 3)),
+        case(lambda w: F.embedding(torch.tensor([1, 0, 1]), w, padding_idx=1), (2, 3)),
+    ],
+    "WhereBackward0": case(lambda a, b: torch.where(MASK, a, b), (3, 4), (1, 4)),
+    "MaskedFillBackward0": case(lambda x: x.masked_fill(MASK, 2.0), (3, 4)),
+    "NativeDropoutBackward0": case(
+        lambda x: torch.native_dropout(x, 0.5, True)[0], (3, 4)
+    ),
+    "SplitBackward0": case(lambda x: x.split(2, 1)[1], (3, 5)),
+    "SplitWithSizesBackward0": case(lambda x: x.split([1, 3], 0)[1], (4, 3)),
+    "UnsafeSplitBackward0": case(lambda x: x.unsafe_split(2, 1)[0], (3, 4)),
+    "UnsafeSplitWithSizesBackward0": case(
+        lambda x: torch.ops.aten.unsafe_split_with_sizes(x, [2, 1], 1)[1], (3, 3)
+    ),
+    "UnbindBackward0": [
+        case(lambda x: x.unbind(1)[2], (2, 3, 4)),
+        case(lambda x: x.unbind(0)[1], (3, 4)),
+    ],
+    # attention
+    "BmmBackward0": [
+        case(torch.bmm, (2, 3, 4), (2, 4, 5)),
+        case(torch.bmm, (2, 5, 4), (2, 4, 3)),
+    ],
+    "SafeSoftmaxBackward0": case(
+        lambda x: torch.ops.aten._safe_softmax(x, -1), (2, 3, 4)
+    ),
+    "BaddbmmBackward0": case(
+        lambda c, a, b: torch.baddbmm(c, a, b, beta=0.5, alpha=2.0),
+        (1, 3, 2),
+        (2, 3, 4),
+        (2, 4, 2),
+    ),
+    "ScaledDotProductFlashAttentionForCpuBackward0": [
+        _attention(),
+        _attention(is_causal=True, scale=0.7),
+        _attention(attn_mask=_random(3, 4)),
+    ],
+    # activations
+    "RsqrtBackward0": case(torch.rsqrt, positive(3, 4)),
+    "SqrtBackward0": case(torch.sqrt, positive(3, 4)),
+    "PowBackward2": case(lambda x: 1.5**x, (3, 4)),
+    "HardswishBackward0": case(F.hardswish, 4 * _random(3, 4)),
+    "HardtanhBackward0": [
+        case(F.hardtanh, 2 * _random(3, 4)),
+        case(F.relu6, 4 * _random(3, 4)),
+    ],
+    "HardsigmoidBackward0": Case(  # torch has no double backward for it
+        F.hardsigmoid, (4 * _random(3, 4),), lambda x: F.relu6(x + 3) / 6
+    ),
+    "ClampBackward1": case(lambda x: x.clamp(-0.5, 1.0), (3, 4)),
+    "AbsBackward0": case(torch.abs, (3, 4)),
+    "ToCopyBackward0": case(lambda x: torch.ops.aten._to_copy(x), (3, 4)),
+}
+
+# Rules whose node only a CUDA device builds: the same rule object as the
+# CPU flash kernel's (its case above), reading the same saved query, key,
+# value, mask / bias, causal flag and scale.
+CUDA_ONLY = {
+    "ScaledDotProductFlashAttentionBackward0",
+    "ScaledDotProductEfficientAttentionBackward0",
+    "ScaledDotProductCudnnAttentionBackward0",
 }
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "per_sample_or_dense",
     "row_columns",
     "rows_along",
+    "saved_dim",
     "scale",
     "unbroadcast",
 ]
@@ -86,6 +87,21 @@ class OpContext:
 
 
 # -- column algebra shared by the rules ----------------------------------------
+
+
+def saved_dim(dim: int, rank: int) -> int:
+    """A dim a node saved, as ``0 .. rank - 1``.
+
+    torch hands a saved negative dim back as an unsigned 64-bit number
+    (``-1`` as ``2**64 - 1``), which ``% rank`` alone gets wrong for most ranks.
+
+    Example:
+        >>> saved_dim(2**64 - 1, 3), saved_dim(1, 3)
+        (2, 1)
+    """
+    if dim >= 1 << 63:
+        dim -= 1 << 64
+    return dim % max(rank, 1)
 
 
 def scale(block: Columns, factor: Any, out_shape: tuple) -> Columns:

@@ -184,12 +184,17 @@ class _Plan:
             for child, out_nr in fn.next_functions:
                 bits.append(0 if child is None else self.reach[self.index[child]])
                 flows.append(bool(bits[-1]))
-                if flows[-1] and out_nr != 0:
+                if flows[-1] and out_nr != 0 and not _several_outputs(child):
                     missing.add(f"{type(child).__name__} (output {out_nr} of several)")
             reason = rule.refuses(fn, flows, lambda i, j, b=bits: bool(b[i] & b[j]))
             if reason is not None:
                 missing.add(reason)
         return sorted(missing)
+
+
+def _several_outputs(fn: Any) -> bool:
+    """Does ``fn``'s rule take columns through each of its outputs (``split``)?"""
+    return getattr(rule_for(type(fn).__name__), "several_outputs", False)
 
 
 def unsupported_ops(loss: torch.Tensor, params: Any) -> list[str]:
@@ -244,39 +249,52 @@ def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
     """What each node's rule sees, from one backward pass for the gradients.
 
     Returns node -> (its OpContext, the graph node behind each input or None
-    where no parameter's gradient flows).
+    where no parameter's gradient flows). ``plan.ports`` records which output
+    of a several-output child (``split``) each input is: (node, pos) -> output.
     """
     fns, index, reach = plan.fns, plan.index, plan.reach
     loss_fn = fns[plan.root]
-    grads: dict[int, torch.Tensor] = {}
+    grads: dict[int, dict[int, torch.Tensor]] = {}  # node -> output -> dL/dy
     contexts: dict[int, tuple[OpContext, list[int | None]]] = {}
+    plan.ports = {}
     for node in plan.relevant():
-        grad = grads.pop(node, None)
+        received = grads.pop(node, {})
         if node in plan.leaf:
             continue
         fn = fns[node]
         if fn is loss_fn:
-            grad = torch.ones_like(plan.loss)
-        if grad is None:  # only outputs that nothing on the way reads
+            received = {0: torch.ones_like(plan.loss)}
+        if not received:  # only outputs that nothing on the way reads
             continue
         children: list[int | None] = [None] * len(fn.next_functions)
-        for pos, (child_fn, _) in enumerate(fn.next_functions):
+        for pos, (child_fn, out_nr) in enumerate(fn.next_functions):
             if child_fn is None or not reach[index[child_fn]]:
                 continue
             children[pos] = index[child_fn]
+            if _several_outputs(child_fn):
+                plan.ports[node, pos] = out_nr
         # ops with several outputs (group norm's mean and rstd) take one grad each
-        grads_in = call_backward(fn, grad, *[None] * (len(fn._input_metadata) - 1))
+        outputs = [received.get(k) for k in range(len(fn._input_metadata))]
+        grads_in = call_backward(fn, *outputs)
+        # a node whose outputs tile its input holds its columns in the input's shape
+        grad = grads_in[0] if _several_outputs(fn) else received.get(0)
+        if grad is None:  # only outputs other than the first are read
+            continue
         in_shapes: list[tuple[int, ...] | None] = [None] * len(children)
         for pos, child in enumerate(children):
             if child is not None and grads_in[pos] is None:
                 children[pos] = None  # an input this output does not depend on
             elif child is not None:
+                out_nr = plan.ports.get((node, pos), 0)
                 shape = plan.shapes[child]
+                if (node, pos) in plan.ports:  # the trace has output 0's shape
+                    shape = tuple(fns[child]._input_metadata[out_nr].shape)
                 g = grads_in[pos]
                 if shape is not None and tuple(g.shape) != shape:
                     g = g.sum_to_size(shape)  # what the engine does for broadcasts
                 in_shapes[pos] = tuple(g.shape)
-                grads[child] = g if child not in grads else grads[child] + g
+                port = grads.setdefault(child, {})
+                port[out_nr] = g if out_nr not in port else port[out_nr] + g
         ctx = OpContext(
             fn=fn,
             grad=grad,
@@ -306,6 +324,19 @@ def _fuse_masks(plan: _Plan, contexts: dict) -> None:
             ctx.premasked = True
             for user in users:
                 user.mask_input = True
+
+
+def _arrive(plan: _Plan, contexts: dict, node: int, pos: int, block: Columns):
+    """``block``, pulled back to input ``pos`` of ``node``, as its child holds it.
+
+    Columns for one output of a several-output child (``split``) are put in
+    place in the child's own layout; all others arrive as they are.
+    """
+    out_nr = plan.ports.get((node, pos))
+    if out_nr is None:
+        return block
+    child_ctx = contexts[contexts[node][1][pos]][0]
+    return rule_for(child_ctx.op).embed(child_ctx, block, out_nr)
 
 
 class _Drain:
@@ -376,8 +407,9 @@ class _Drain:
                 rule = rule_for(ctx.op)
                 for pos, child in enumerate(children):
                     if child is not None:
+                        pulled = rule.pullback(ctx, block, pos)
                         pending.setdefault(child, []).append(
-                            rule.pullback(ctx, block, pos)
+                            _arrive(self.plan, self.contexts, node, pos, pulled)
                         )
                 del block
 
@@ -435,11 +467,14 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
             block = blocks.pop(source)  # freed once every input has its pullback
             for pos, child in enumerate(children):
                 if child is not None:
-                    deliver(child, source, rule.pullback(ctx, block, pos))
+                    pulled = rule.pullback(ctx, block, pos)
+                    deliver(child, source, _arrive(plan, contexts, node, pos, pulled))
             del block
         if not ggn or rule.loss:
             start: dict[int, list] = {}
             for pos, block in rule.residual(ctx).items():
+                if (node, pos) in plan.ports:  # at a split: put in place
+                    block = _arrive(plan, contexts, node, pos, block.written_out())
                 start.setdefault(children[pos], []).append(block)
             if start and drain.worth_it(start):
                 drain(start)

@@ -7,7 +7,10 @@ Example:
 """
 
 from . import (
+    activations,  # noqa: F401
+    attention,  # noqa: F401
     elementwise,  # noqa: F401
+    indexing,  # noqa: F401
     linalg,  # noqa: F401
     loss,  # noqa: F401
     normalization,  # noqa: F401

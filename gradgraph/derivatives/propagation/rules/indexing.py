@@ -1,0 +1,205 @@
+"""Curvature rules for the ops that move values around: indexing and shape.
+
+``cat``, ``stack``, ``select``, ``slice``, ``index``, ``gather``,
+``transpose``, ``embedding``, ``where``, ``masked_fill``, ``flip`` ... are
+linear in the inputs a gradient flows through, so they have no second-order
+term, and their pullback is their own backward: :class:`ByOwnBackward` runs
+the node's backward on a whole batch of columns at once (``torch.func.vmap``
+over the grad_fn). Per-sample columns stay per-sample when the op keeps the
+batch dim (dim 0) apart; else they are written out.
+
+Ops with several outputs that tile their input (``split``, ``chunk``,
+``unbind``) are handled by :class:`Tiling`: the columns a consumer sends
+through one output are placed into the input's shape on arrival
+(``embed``), so all outputs' columns add up in one block there.
+
+Example:
+    >>> import torch
+    >>> from gradgraph.derivatives import propagated_hessian_diagonal
+    >>> w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> a, b = w.split([1, 2])
+    >>> propagated_hessian_diagonal((torch.cat([b, a]) ** 3).sum(), w).round()  # 6 w
+    tensor([ 6., 12., 18.])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.func import vmap
+
+from ..base import OpContext, Rule, saved_dim, unbroadcast
+from ..columns import Columns, SampleColumns
+from ..registry import register
+
+__all__ = ["ByOwnBackward", "Tiling"]
+
+
+def _dim(fn: Any, rank: int, name: str = "_saved_dim") -> int:
+    return saved_dim(getattr(fn, name), rank)
+
+
+def _dim_not_batch(fn: Any, in_shape: tuple, out_shape: tuple) -> bool:
+    """The op's ``dim`` is not dim 0 (``stack`` counts it in its output)."""
+    rank = len(out_shape) if type(fn).__name__ == "StackBackward0" else len(in_shape)
+    return _dim(fn, rank) != 0
+
+
+def _transpose_keeps_batch(fn, in_shape, out_shape) -> bool:
+    rank = len(in_shape)
+    return 0 not in (saved_dim(fn._saved_dim0, rank), saved_dim(fn._saved_dim1, rank))
+
+
+def _index_keeps_batch(fn, in_shape, out_shape) -> bool:
+    """``x[:, i, j]``: dim 0 untouched and the index tensors side by side."""
+    where = [k for k, i in enumerate(fn._saved_indices) if i is not None]
+    return (
+        bool(where) and where[0] > 0 and where == list(range(where[0], where[-1] + 1))
+    )
+
+
+def _elementwise(fn, in_shape, out_shape) -> bool:
+    return True
+
+
+def _flip_keeps_batch(fn, in_shape, out_shape) -> bool:
+    return all(saved_dim(d, len(in_shape)) != 0 for d in fn._saved_dims)
+
+
+def _tril_keeps_batch(fn, in_shape, out_shape) -> bool:
+    return len(in_shape) >= 3  # acts on the last two dims
+
+
+def _never(fn, in_shape, out_shape) -> bool:
+    return False
+
+
+KeepsBatch = Callable[[Any, tuple, tuple], bool]
+
+
+class ByOwnBackward(Rule):
+    """A linear op: columns go back through the node's own backward, all at once.
+
+    ``keeps_batch(fn, in_shape, out_shape)`` says whether the op leaves the
+    samples (dim 0) apart, so that per-sample columns can stay per-sample.
+    """
+
+    def __init__(self, keeps_batch: KeepsBatch):
+        self.keeps_batch = keeps_batch
+
+    def refuses(self, fn, flows, coupled):
+        if getattr(fn, "_saved_sparse", False) or getattr(fn, "_saved_sparse_grad", 0):
+            return f"{type(fn).__name__} (sparse gradients; use sparse=False)"
+        return None
+
+    def _layout(self, ctx: OpContext, block: Columns) -> Columns:
+        if isinstance(block, SampleColumns):
+            shapes = [s for s in ctx.in_shapes if s is not None]
+            if all(
+                len(s) == len(ctx.out_shape)
+                and s[0] == block.samples
+                and self.keeps_batch(ctx.fn, s, ctx.out_shape)
+                for s in shapes
+            ):
+                return block
+        return block.to_dense(ctx.out_shape)
+
+    def _all_inputs(self, ctx: OpContext, data: torch.Tensor) -> tuple:
+        fn = ctx.fn
+        extra = [None] * (len(fn._input_metadata) - 1)
+
+        def back(col):
+            out = fn(col, *extra)
+            out = out if isinstance(out, tuple) else (out,)
+            # inputs no gradient flows to come back as None: zeros of any shape
+            return tuple(o if o is not None else col.new_zeros(()) for o in out)
+
+        return vmap(back)(data)
+
+    def pullback(self, ctx, block, pos):
+        memo = ctx.memo.get("pullback")
+        if memo is None or memo[0] is not block:  # one backward for all inputs
+            laid = self._layout(ctx, block)
+            memo = (block, laid, self._all_inputs(ctx, laid.data))
+            ctx.memo["pullback"] = memo
+        _, laid, grads = memo
+        data = grads[pos]
+        out = type(laid)(data, laid.sign)
+        grad_shape = tuple(data.shape[1:])
+        if grad_shape != ctx.in_shapes[pos]:  # the engine's sum for broadcasts
+            out = unbroadcast(out, ctx.in_shapes[pos], grad_shape)
+        return out
+
+
+class Tiling(Rule):
+    """``split`` / ``chunk`` / ``unbind``: outputs that tile the input.
+
+    The node's columns live in the input's shape: a consumer's columns for
+    output ``k`` are put in place on arrival (:meth:`embed`), and the
+    pullback passes the sum on unchanged.
+    """
+
+    several_outputs = True
+
+    def __init__(self, unbind: bool):
+        self.unbind = unbind
+
+    def _spans(self, fn: Any, size: int) -> list[tuple[int, int]]:
+        if self.unbind:
+            return [(k, k + 1) for k in range(size)]
+        if hasattr(fn, "_saved_split_sizes"):
+            sizes = list(fn._saved_split_sizes)
+        else:
+            step = fn._saved_split_size
+            sizes = [min(step, size - a) for a in range(0, size, step)]
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        return [(a, a + s) for a, s in zip(starts, sizes, strict=True)]
+
+    def embed(self, ctx: OpContext, block: Columns, out_nr: int) -> Columns:
+        shape = ctx.out_shape
+        dim = _dim(ctx.fn, len(shape))
+        a, b = self._spans(ctx.fn, shape[dim])[out_nr]
+        piece = list(shape)
+        piece[dim] = b - a
+        if self.unbind:
+            del piece[dim]
+        if not isinstance(block, SampleColumns) or dim == 0:
+            block = block.to_dense(tuple(piece))
+        data = block.data.unsqueeze(dim + 1) if self.unbind else block.data
+        full = data.new_zeros(data.shape[0], *shape)  # data[c]: the node's shape
+        full.narrow(dim + 1, a, b - a).copy_(data)
+        return type(block)(full, block.sign)
+
+    def pullback(self, ctx, block, pos):
+        return block
+
+
+register(
+    ByOwnBackward(_dim_not_batch),
+    "CatBackward0",
+    "StackBackward0",
+    "SelectBackward0",
+    "SliceBackward0",
+    "GatherBackward0",
+)
+register(ByOwnBackward(_index_keeps_batch), "IndexBackward0")
+register(ByOwnBackward(_transpose_keeps_batch), "TransposeBackward0")
+register(ByOwnBackward(_flip_keeps_batch), "FlipBackward0")
+register(ByOwnBackward(_tril_keeps_batch), "TrilBackward0", "TriuBackward0")
+register(ByOwnBackward(_never), "RepeatBackward0", "EmbeddingBackward0")
+register(
+    ByOwnBackward(_elementwise),
+    "WhereBackward0",
+    "MaskedFillBackward0",
+    "NativeDropoutBackward0",
+)
+register(
+    Tiling(unbind=False),
+    "SplitBackward0",
+    "SplitWithSizesBackward0",
+    "UnsafeSplitBackward0",
+    "UnsafeSplitWithSizesBackward0",
+)
+register(Tiling(unbind=True), "UnbindBackward0")
