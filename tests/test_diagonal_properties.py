@@ -128,7 +128,7 @@ def test_every_diagonal_method_agrees_or_raises(setup):
     uses_atan = "atan" in setup["acts"]
     assert predicted == ("rows" if uses_atan else "propagate")
 
-    options = {"matvecs": max(4, sum(t.numel() for t in base.values()))}
+    options = {"matvecs": max(4, sum(t.numel() for t in given_params.values()))}
 
     def call(method):
         loss, given_params = fresh()
