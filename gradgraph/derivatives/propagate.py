@@ -48,6 +48,7 @@ from .curvature_columns import (
     written_out,
 )
 from .curvature_norm import NORM_RULES
+from .curvature_recurrent import RULES as RECURRENT_RULES
 from .curvature_rules import RULES as ELEMENTARY_RULES
 from .curvature_rules import OpContext, UnsupportedOpError
 from .curvature_spatial import SPATIAL_RULES
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 
-RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES, **NORM_RULES}
+RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES, **NORM_RULES, **RECURRENT_RULES}
 
 
 class _Plan:
