@@ -9,8 +9,6 @@ float32 accuracy.
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 import torch.nn as nn
@@ -198,7 +196,3 @@ def test_a_large_layer_is_refused_and_falls_back():
     assert diagonal_method(loss, lstm) == "exact"
     (reason,) = unsupported_ops(loss, lstm)
     assert "MkldnnRnnLayerBackward0 with 2176 input entries" in reason
-
-
-def test_docstring_examples():
-    assert doctest.testmod(curvature_recurrent).failed == 0
