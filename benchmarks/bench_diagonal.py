@@ -50,7 +50,10 @@ import torch.nn as nn
 from common import best_of, machine, table
 
 from gradgraph.derivatives import hessian_diagonal
-from gradgraph.derivatives.propagate import diagonal_method, propagated_hessian_diagonal
+from gradgraph.derivatives.propagation import (
+    diagonal_method,
+    propagated_hessian_diagonal,
+)
 
 try:
     from backpack import backpack, extend

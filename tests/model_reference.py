@@ -8,7 +8,7 @@ import torch
 
 from gradgraph import trace
 from gradgraph.derivatives import hessian_diagonal
-from gradgraph.derivatives.propagate import diagonal_method
+from gradgraph.derivatives.propagation import diagonal_method
 
 from .cases_models import MODELS, ModelCase
 from .reference import dense_hessian

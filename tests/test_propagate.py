@@ -9,15 +9,13 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, jacrev
 
-from gradgraph.derivatives import (
-    curvature_columns,
-    curvature_rules,
-    hessian_diagonal,
-    propagate,
-)
-from gradgraph.derivatives.propagate import (
+from gradgraph.derivatives import hessian_diagonal
+from gradgraph.derivatives.propagation import (
     UnsupportedOpError,
+    base,
+    columns,
     diagonal_method,
+    engine,
     ggn_diagonal,
     propagated_hessian_diagonal,
     unsupported_ops,
@@ -216,7 +214,7 @@ def test_float32_matches_float64():
         torch.testing.assert_close(value.double(), got64[name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("module", [propagate, curvature_rules, curvature_columns])
+@pytest.mark.parametrize("module", [engine, base, columns])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

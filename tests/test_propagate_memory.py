@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from gradgraph.derivatives import propagate
+from gradgraph.derivatives.propagation import engine
 
 from . import test_propagate, test_propagate_norm, test_propagate_spatial
 from .model_reference import assert_propagates_exactly
@@ -33,14 +33,14 @@ def build(kind, name):
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
 def test_one_column_at_a_time_gives_the_exact_diagonal(kind, name, monkeypatch):
     drained = []
-    call = propagate._Drain.__call__
+    call = engine._Drain.__call__
 
     def counted(self, start):
         drained.append(start)
         return call(self, start)
 
-    monkeypatch.setattr(propagate, "CHUNK_BYTES", 1)  # every column a slice
-    monkeypatch.setattr(propagate._Drain, "__call__", counted)
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1)  # every column a slice
+    monkeypatch.setattr(engine._Drain, "__call__", counted)
     model, loss_of_output, x = build(kind, name)
     assert_propagates_exactly(model, loss_of_output, x)
     assert drained  # the sliced path ran
@@ -54,7 +54,7 @@ def test_one_column_at_a_time_gives_the_exact_diagonal(kind, name, monkeypatch):
 PEAK_CHILD = textwrap.dedent(
     """
     import torch, torch.nn as nn
-    from gradgraph.derivatives.propagate import propagated_hessian_diagonal
+    from gradgraph.derivatives.propagation import propagated_hessian_diagonal
 
     torch.manual_seed(0)
     width, batch = 160, 1000

@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradgraph.derivatives import curvature_norm, hessian_diagonal
-from gradgraph.derivatives.propagate import (
+from gradgraph.derivatives import hessian_diagonal
+from gradgraph.derivatives.propagation import (
     UnsupportedOpError,
     diagonal_method,
     ggn_diagonal,
     propagated_hessian_diagonal,
     unsupported_ops,
 )
+from gradgraph.derivatives.propagation.rules import normalization
 
 from .model_reference import assert_propagates_exactly
 from .reference import dense_hessian
@@ -223,5 +224,5 @@ def test_a_norm_weight_that_shapes_its_own_input_falls_back():
 
 
 def test_docstring_examples():
-    result = doctest.testmod(curvature_norm)
+    result = doctest.testmod(normalization)
     assert result.attempted > 0 and result.failed == 0

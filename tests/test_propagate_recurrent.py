@@ -1,10 +1,10 @@
-"""The fused LSTM layer's curvature rule (MkldnnRnnLayerBackward0).
+"""Recurrent layers: the fused LSTM layer's rule (MkldnnRnnLayerBackward0) in models.
 
 oneDNN runs only float32, so the rule computes in float64 from the values the
-node saved (exact in float32 -> float64). Its pullback and its local Hessian
-are checked in float64 against torch's own (unfused) float64 nn.LSTM; whole
-models are checked against float64 HVP rows of their float64 twin, to
-float32 accuracy.
+node saved; tests/test_rules.py checks its pullback and local Hessian in
+float64 against torch's unfused LSTM. Here: its re-implementation of the
+recurrence, whole models against float64 HVP rows of their float64 twin (to
+float32 accuracy), and the size bound.
 """
 
 from __future__ import annotations
@@ -12,110 +12,33 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 from gradgraph import trace
-from gradgraph.derivatives import curvature_recurrent, hessian_diagonal
-from gradgraph.derivatives.curvature_recurrent import RULES
-from gradgraph.derivatives.curvature_rules import OpContext
-from gradgraph.derivatives.propagate import (
+from gradgraph.derivatives import hessian_diagonal
+from gradgraph.derivatives.propagation import (
     diagonal_method,
     propagated_hessian_diagonal,
     unsupported_ops,
 )
+from gradgraph.derivatives.propagation.rules.recurrent import lstm_layer
 
 F = nn.functional
-RULE = RULES["MkldnnRnnLayerBackward0"]
 STEPS, BATCH, INPUT, HIDDEN = 4, 2, 3, 4
 
 
-def _node_and_reference(reverse: bool):
-    """A float32 fused layer node (every input a leaf) and a float64 reference.
-
-    The reference maps the node's seven inputs to its output with torch's
-    unfused float64 nn.LSTM (the backward direction: the forward one on the
-    time-reversed sequence).
-    """
+def test_lstm_layer_is_torchs_lstm_both_ways():
     torch.manual_seed(1)
-    lstm = nn.LSTM(INPUT, HIDDEN, bidirectional=reverse)
-    suffix = "_l0_reverse" if reverse else "_l0"
-    names = [f"{k}{suffix}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    x = torch.randn(STEPS, BATCH, INPUT, requires_grad=True)
-    h0 = torch.randn(1 + reverse, BATCH, HIDDEN, requires_grad=True)
-    c0 = torch.randn(1 + reverse, BATCH, HIDDEN, requires_grad=True)
-    out, _ = lstm(x, (h0, c0))
-    fn = out.grad_fn
-    if reverse:  # a cat of the two directions: take the backward one
-        fn = next(f for f, _ in fn.next_functions if f._saved_reverse)
-    inputs = [x, *(getattr(lstm, n) for n in names), h0[-1], c0[-1]]
-    one_way = nn.LSTM(INPUT, HIDDEN).double()
-    plain = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-
-    def reference(x, w_ih, w_hh, b_ih, b_hh, h, c):
-        weights = dict(zip(plain, (w_ih, w_hh, b_ih, b_hh), strict=True))
-        if reverse:
-            x = x.flip(0)
-        out, _ = functional_call(one_way, weights, (x, (h[None], c[None])))
-        return out.flip(0) if reverse else out
-
-    values = [t.detach().double() for t in inputs]
-    return fn, values, reference
-
-
-def _context(fn, values, grad):
-    return OpContext(
-        fn=fn,
-        grad=grad,
-        out_shape=tuple(grad.shape),
-        in_shapes=[tuple(v.shape) for v in values],
-        coupled=lambda i, j: True,
-        memo={},
-    )
-
-
-@pytest.mark.parametrize("reverse", [False, True])
-def test_lstm_layer_is_torchs_lstm(reverse):
-    fn, values, reference = _node_and_reference(reverse)
-    ours = curvature_recurrent.lstm_layer(*values, reverse=reverse)
-    torch.testing.assert_close(ours, reference(*values), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ours.float(), fn._saved_result0, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("reverse", [False, True])
-def test_pullback_is_the_float64_vjp(reverse):
-    fn, values, reference = _node_and_reference(reverse)
-    cols = torch.randn(3, STEPS, BATCH, HIDDEN, dtype=torch.float64)
-    ctx = _context(fn, values, cols[0])
-    block = curvature_recurrent.DenseColumns(cols, torch.ones(3, dtype=torch.float64))
-    primals = [v.clone().requires_grad_(True) for v in values]
-    out = reference(*primals)
-    for pos, primal in enumerate(primals):
-        expected = torch.stack(
-            [torch.autograd.grad(out, primal, c, retain_graph=True)[0] for c in cols]
-        )
-        got = RULE.pullback(ctx, block, pos)
-        torch.testing.assert_close(got.data, expected, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("reverse", [False, True])
-def test_residual_is_the_float64_local_hessian(reverse):
-    fn, values, reference = _node_and_reference(reverse)
-    g = torch.randn(STEPS, BATCH, HIDDEN, dtype=torch.float64)
-    sizes = [v.numel() for v in values]
-
-    def phi(flat):
-        parts = [p.view_as(v) for p, v in zip(flat.split(sizes), values, strict=True)]
-        return (reference(*parts) * g).sum()
-
-    expected = torch.autograd.functional.hessian(
-        phi, torch.cat([v.reshape(-1) for v in values])
-    )
-    residual = RULE.residual(_context(fn, values, g))
-    cols = torch.cat(
-        [residual[p].data.reshape(residual[p].data.shape[0], -1) for p in range(7)], 1
-    )
-    got = cols.T @ (residual[0].sign[:, None] * cols)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-11)
+    lstm = nn.LSTM(INPUT, HIDDEN, bidirectional=True).double()
+    x = torch.randn(STEPS, BATCH, INPUT, dtype=torch.float64)
+    h0 = torch.randn(2, BATCH, HIDDEN, dtype=torch.float64)
+    c0 = torch.randn(2, BATCH, HIDDEN, dtype=torch.float64)
+    expected, _ = lstm(x, (h0, c0))
+    for k, suffix in enumerate(("_l0", "_l0_reverse")):
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        weights = [getattr(lstm, n + suffix) for n in names]
+        ours = lstm_layer(x, *weights, h0[k], c0[k], reverse=bool(k))
+        part = expected[..., k * HIDDEN : (k + 1) * HIDDEN]
+        torch.testing.assert_close(ours, part, rtol=1e-12, atol=1e-12)
 
 
 class Tagger(nn.Module):
@@ -176,9 +99,8 @@ def test_lstm_models_match_float64_hvp_rows(name):
         x = x.transpose(0, 1).contiguous()
     labels = torch.randint(0, 3, (STEPS * BATCH,))
     loss = _loss(model, x, labels)
-    assert "MkldnnRnnLayerBackward0" in {
-        d["op"] for _, d in trace(loss).dag.nodes(data=True)
-    }
+    ops = {data["op"] for _, data in trace(loss).dag.nodes(data=True)}
+    assert "MkldnnRnnLayerBackward0" in ops
     assert diagonal_method(loss, model) == "propagate"
     got = propagated_hessian_diagonal(loss, model)
     twin = Tagger(**TAGGERS[name]).double()

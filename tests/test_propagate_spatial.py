@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradgraph.derivatives import curvature_spatial, hessian_diagonal
-from gradgraph.derivatives.propagate import (
+from gradgraph.derivatives import hessian_diagonal
+from gradgraph.derivatives.propagation import (
     UnsupportedOpError,
     diagonal_method,
     ggn_diagonal,
     propagated_hessian_diagonal,
     unsupported_ops,
 )
+from gradgraph.derivatives.propagation.rules import spatial
 
 from .model_reference import assert_propagates_exactly
 from .reference import dense_hessian
@@ -308,5 +309,5 @@ def test_a_transposed_convolution_has_no_rule():
 
 
 def test_docstring_examples():
-    result = doctest.testmod(curvature_spatial)
+    result = doctest.testmod(spatial)
     assert result.attempted > 0 and result.failed == 0

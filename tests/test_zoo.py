@@ -13,7 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradgraph.derivatives.propagate import diagonal_method, propagated_hessian_diagonal
+from gradgraph.derivatives.propagation import (
+    diagonal_method,
+    propagated_hessian_diagonal,
+)
 
 from .zoo import BUILDERS, build, picks, reference_entries
 

@@ -17,7 +17,7 @@ from .matrix_free import (
     hessian_operator,
     hessian_trace,
 )
-from .propagate import (
+from .propagation import (
     UnsupportedOpError,
     diagonal_method,
     ggn_diagonal,

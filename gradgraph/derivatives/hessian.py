@@ -32,7 +32,7 @@ import torch
 from .estimate import diagonal_estimate, progress_bar
 from .hvp import gradient_graph, hessian_matvec
 from .params import ParamSet, as_params
-from .propagate import diagonal_by_propagation, diagonal_method
+from .propagation import diagonal_by_propagation, diagonal_method
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -291,7 +291,7 @@ def hessian_diagonal(
         params: Module, dict name -> tensor, list of tensors or one tensor.
         method: ``"exact"`` (one HVP row per parameter entry, batched;
             works on any graph), ``"propagate"`` (curvature propagation
-            through the graph, see :mod:`gradgraph.derivatives.propagate`;
+            through the graph, see :mod:`gradgraph.derivatives.propagation`;
             raises :class:`UnsupportedOpError` naming an op without a rule),
             ``"auto"`` (``"propagate"`` when every op has a rule, else
             ``"exact"``; :func:`diagonal_method` says which), ``"xdiag"`` or

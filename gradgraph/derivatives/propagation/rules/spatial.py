@@ -18,8 +18,12 @@ pullbacks run on all columns at once:
 * average pooling: torch's own pooling backward with the columns as the batch.
 
 Example:
-    >>> sorted(SPATIAL_RULES)[:2]
-    ['AdaptiveAvgPool2DBackward0', 'AdaptiveAvgPool3DBackward0']
+    >>> import torch
+    >>> from gradgraph.derivatives import propagated_hessian_diagonal
+    >>> w = torch.ones(1, 1, 2, requires_grad=True)
+    >>> x = torch.tensor([[[1.0, 2.0, 3.0]]])
+    >>> propagated_hessian_diagonal((torch.conv1d(x, w) ** 2).sum(), w).round()
+    tensor([[[10., 26.]]])
 """
 
 from __future__ import annotations
@@ -29,16 +33,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .curvature_columns import (
+from ..base import OpContext, Rule
+from ..columns import (
     Columns,
     DenseColumns,
     OuterColumns,
     ProductColumns,
     SampleColumns,
 )
-from .curvature_rules import OpContext, Rule
-
-__all__ = ["SPATIAL_RULES"]
+from ..registry import register
 
 
 def _by_column(
@@ -255,17 +258,16 @@ class ConstantPad(Rule):
         return type(block)(F.pad(block.data, [-p for p in pad]), block.sign)
 
 
-SPATIAL_RULES: dict[str, Rule] = {
-    "ConvolutionBackward0": Convolution(),
-    "MaxPool2DWithIndicesBackward0": MaxPool(),
-    "MaxPool3DWithIndicesBackward0": MaxPool(),
-    "AvgPool2DBackward0": AvgPool(torch.ops.aten.avg_pool2d_backward, 2),
-    "AvgPool3DBackward0": AvgPool(torch.ops.aten.avg_pool3d_backward, 3),
-    "AdaptiveAvgPool2DBackward0": AdaptiveAvgPool(
-        torch.ops.aten._adaptive_avg_pool2d_backward, 2
-    ),
-    "AdaptiveAvgPool3DBackward0": AdaptiveAvgPool(
-        torch.ops.aten._adaptive_avg_pool3d_backward, 3
-    ),
-    "ConstantPadNdBackward0": ConstantPad(),
-}
+register(Convolution(), "ConvolutionBackward0")
+register(MaxPool(), "MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
+register(AvgPool(torch.ops.aten.avg_pool2d_backward, 2), "AvgPool2DBackward0")
+register(AvgPool(torch.ops.aten.avg_pool3d_backward, 3), "AvgPool3DBackward0")
+register(
+    AdaptiveAvgPool(torch.ops.aten._adaptive_avg_pool2d_backward, 2),
+    "AdaptiveAvgPool2DBackward0",
+)
+register(
+    AdaptiveAvgPool(torch.ops.aten._adaptive_avg_pool3d_backward, 3),
+    "AdaptiveAvgPool3DBackward0",
+)
+register(ConstantPad(), "ConstantPadNdBackward0")

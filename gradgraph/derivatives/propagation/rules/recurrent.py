@@ -25,10 +25,11 @@ which the elementary and indexing rules cover.
 
 Example:
     >>> import torch
+    >>> from gradgraph.derivatives.propagation.registry import rule_for
     >>> lstm = torch.nn.LSTM(2, 3)
     >>> out, _ = lstm(torch.randn(4, 1, 2))
-    >>> type(out.grad_fn).__name__ in RULES
-    True
+    >>> type(rule_for(type(out.grad_fn).__name__)).__name__
+    'RecurrentLayer'
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ from typing import Any
 
 import torch
 
-from .curvature_columns import Columns, DenseColumns
-from .curvature_rules import OpContext, Rule
+from ..base import OpContext, Rule
+from ..columns import Columns, DenseColumns
+from ..registry import register
 
-__all__ = ["MAX_LOCAL_ENTRIES", "RULES", "lstm_layer"]
+__all__ = ["MAX_LOCAL_ENTRIES", "RecurrentLayer", "lstm_layer"]
 
 # The residual's dense local Hessian is D x D (D: entries of the inputs that
 # carry parameters); 2048 entries are 32 MB and an eigendecomposition of a
@@ -230,8 +232,7 @@ class RecurrentLayer(Rule):
         return None
 
 
-RULES: dict[str, Rule] = {
-    "MkldnnRnnLayerBackward0": RecurrentLayer(
-        _mkldnn_lstm_inputs, _mkldnn_lstm, _mkldnn_lstm_refuses
-    ),
-}
+register(
+    RecurrentLayer(_mkldnn_lstm_inputs, _mkldnn_lstm, _mkldnn_lstm_refuses),
+    "MkldnnRnnLayerBackward0",
+)

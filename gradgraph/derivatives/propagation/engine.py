@@ -3,8 +3,8 @@
 One pass from the loss to the parameters, in topological order of the traced
 ``grad_fn`` DAG. At every node the gradient ``g = dL/dy`` is passed on (the
 node's own backward), and so are signed factor columns of the Hessian
-(:mod:`.curvature_columns`): each op's rule (:mod:`.curvature_rules`,
-:mod:`.curvature_spatial`, :mod:`.curvature_norm`) pulls the columns back to
+(:mod:`.columns`): each op's rule (registered by grad_fn name, see
+:mod:`.registry` and the families in :mod:`.rules`) pulls the columns back to
 its inputs and adds its own second-order term as new columns. Columns of one
 source that reach a node along several paths (residual connections, a
 parameter used twice) are added before they are squared, so cross terms
@@ -35,9 +35,11 @@ from typing import Any
 import networkx as nx
 import torch
 
-from ..graph import trace
-from ..nodes import ACCUMULATE_OP
-from .curvature_columns import (
+from ...graph import trace
+from ...nodes import ACCUMULATE_OP
+from ..params import ParamSet, as_params, check_scalar_loss
+from .base import OpContext, UnsupportedOpError
+from .columns import (
     Columns,
     column_bytes,
     column_count,
@@ -47,12 +49,7 @@ from .curvature_columns import (
     take_columns,
     written_out,
 )
-from .curvature_norm import NORM_RULES
-from .curvature_recurrent import RULES as RECURRENT_RULES
-from .curvature_rules import RULES as ELEMENTARY_RULES
-from .curvature_rules import OpContext, UnsupportedOpError
-from .curvature_spatial import SPATIAL_RULES
-from .params import ParamSet, as_params, check_scalar_loss
+from .registry import rule_for
 
 __all__ = [
     "UnsupportedOpError",
@@ -62,9 +59,6 @@ __all__ = [
     "propagated_hessian_diagonal",
     "unsupported_ops",
 ]
-
-
-RULES = {**ELEMENTARY_RULES, **SPATIAL_RULES, **NORM_RULES, **RECURRENT_RULES}
 
 
 class _Plan:
@@ -130,7 +124,7 @@ class _Plan:
                 continue
             fn = self.fns[node]
             op = type(fn).__name__
-            rule = RULES.get(op)
+            rule = rule_for(op)
             if rule is None:
                 missing.add(op)
                 continue
@@ -300,7 +294,7 @@ class _Drain:
                 ctx, children = self.contexts[node]
                 block = combine(arrived, ctx.out_shape)
                 del arrived
-                rule = RULES[ctx.op]
+                rule = rule_for(ctx.op)
                 for pos, child in enumerate(children):
                     if child is not None:
                         pending.setdefault(child, []).append(
@@ -341,7 +335,7 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
                 drain.to_leaf(node, parts)
             continue
         ctx, children = contexts[node]
-        rule = RULES[ctx.op]
+        rule = rule_for(ctx.op)
         blocks = {s: combine(parts, ctx.out_shape) for s, parts in sources.items()}
         del sources
         local = [s for s in blocks if not meets_again(s, node)]

@@ -26,8 +26,10 @@ reaches both (a normalization layer that shapes its own input), which has no
 rule.
 
 Example:
-    >>> sorted(NORM_RULES)
-    ['NativeBatchNormBackward0', 'NativeGroupNormBackward0', 'NativeLayerNormBackward0']
+    >>> import torch
+    >>> from gradgraph.derivatives.propagation.registry import rule_for
+    >>> type(rule_for("NativeLayerNormBackward0")).__name__
+    'LayerNorm'
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .curvature_columns import Columns, DenseColumns, OuterColumns, SampleColumns
-from .curvature_rules import OpContext, Rule
-
-__all__ = ["NORM_RULES"]
+from ..base import OpContext, Rule
+from ..columns import Columns, DenseColumns, OuterColumns, SampleColumns
+from ..registry import register
 
 
 @dataclass
@@ -289,8 +290,6 @@ class BatchNorm(_Normalization):
         return {}
 
 
-NORM_RULES: dict[str, Rule] = {
-    "NativeLayerNormBackward0": LayerNorm(),
-    "NativeGroupNormBackward0": GroupNorm(),
-    "NativeBatchNormBackward0": BatchNorm(),
-}
+register(LayerNorm(), "NativeLayerNormBackward0")
+register(GroupNorm(), "NativeGroupNormBackward0")
+register(BatchNorm(), "NativeBatchNormBackward0")

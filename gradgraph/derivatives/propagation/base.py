@@ -1,0 +1,258 @@
+"""What every curvature rule builds on: the Rule interface, OpContext, column algebra.
+
+A rule does two things at a node ``y = f(x_1, ..., x_k)`` of the graph:
+
+* ``pullback``: carry Hessian factor columns from ``y`` back to one input
+  ``x_i`` (a batch of vector-Jacobian products ``J_i^T v``).
+* ``residual``: the op's own second-order term ``sum_j g_j d^2 y_j / dx dx``
+  (``g = dL/dy``), written as new signed factor columns at the inputs. For an
+  activation that is ``diag(g * f''(x))``; for a loss it is the loss Hessian;
+  for a product of two inputs that both depend on the same parameter it is the
+  cross term between them. Linear ops have none.
+
+Together these give the exact Hessian (Hessian backpropagation, as in Dangel,
+Kunstner and Hennig, ICLR 2020, with the residual terms kept), not the
+Gauss-Newton part alone. Rules live in one module per family under
+:mod:`.rules` and register themselves (:mod:`.registry`); the helpers here are
+the column algebra they share.
+
+Example:
+    >>> import torch
+    >>> cols = DenseColumns(torch.ones(1, 2, 3), torch.ones(1))
+    >>> unbroadcast(cols, (1, 3), (2, 3)).data
+    tensor([[[2., 2., 2.]]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .columns import (
+    Columns,
+    DenseColumns,
+    DiagonalColumns,
+    OuterColumns,
+    SampleColumns,
+    written_out,
+)
+
+__all__ = [
+    "Identity",
+    "OpContext",
+    "Rule",
+    "UnsupportedOpError",
+    "call_backward",
+    "cross_pair",
+    "diagonal_columns",
+    "per_sample_or_dense",
+    "row_columns",
+    "rows_along",
+    "scale",
+    "unbroadcast",
+]
+
+
+class UnsupportedOpError(ValueError):
+    """An op between the loss and the parameters has no curvature rule."""
+
+
+@dataclass
+class OpContext:
+    """What a rule sees of one node: its grad_fn, dL/d(output), shapes."""
+
+    fn: Any
+    grad: torch.Tensor
+    out_shape: tuple[int, ...]
+    in_shapes: list[tuple[int, ...] | None]  # None: no gradient flows there
+    coupled: Callable[[int, int], bool]  # do inputs i and j share a parameter?
+    memo: dict  # per-node scratch space, so a rule computes a thing once
+    # a ReLU whose consumers are all max pools that apply its 0/1 derivative
+    # (mask_relu_input below): columns arrive masked, the pullback passes them on
+    premasked: bool = False
+    # a max pool over a ReLU's output: mask the columns before the scatter
+    mask_relu_input: bool = False
+
+    @property
+    def op(self) -> str:
+        return type(self.fn).__name__
+
+    def flows(self, pos: int) -> bool:
+        return pos < len(self.in_shapes) and self.in_shapes[pos] is not None
+
+
+# -- column algebra shared by the rules ----------------------------------------
+
+
+def scale(block: Columns, factor: Any, out_shape: tuple) -> Columns:
+    """Columns times a tensor (or number) that broadcasts against the node value."""
+    if isinstance(factor, int | float) and factor == 1:
+        return block  # no copy
+    if isinstance(block, OuterColumns):
+        if isinstance(factor, torch.Tensor) and factor.numel() != 1:
+            block = block.to_dense(out_shape)
+        else:
+            return OuterColumns(
+                block.left * factor, block.right, block.sign, block.transposed
+            )
+    return type(block)(block.data * factor, block.sign)
+
+
+def _sum_to(data: torch.Tensor, lead: int, shape: tuple) -> torch.Tensor:
+    """Sum ``data`` (``lead`` column dims, then a value) down to ``shape``."""
+    extra = data.dim() - lead - len(shape)
+    if extra > 0:
+        data = data.sum(dim=tuple(range(lead, lead + extra)))
+    dims = tuple(
+        lead + i
+        for i, (s, d) in enumerate(zip(shape, data.shape[lead:], strict=True))
+        if s == 1 and d != 1
+    )
+    if dims:
+        data = data.sum(dim=dims, keepdim=True)
+    return data.reshape(*data.shape[:lead], *shape)
+
+
+def unbroadcast(block: Columns, in_shape: tuple, out_shape: tuple) -> Columns:
+    """Pull columns back through a broadcast from ``in_shape`` to ``out_shape``."""
+    if tuple(in_shape) == tuple(out_shape):
+        return block
+    if isinstance(block, OuterColumns):
+        block = block.to_dense(out_shape)
+    if isinstance(block, DenseColumns):
+        return DenseColumns(_sum_to(block.data, 1, in_shape), block.sign)
+    n = block.samples
+    if len(in_shape) == len(out_shape) and in_shape[0] == n:
+        return SampleColumns(_sum_to(block.data, 1, in_shape), block.sign)
+    # the input is shared by all samples: each (c, n) becomes its own column
+    c = block.data.shape[0]
+    cols = block.data.reshape(c * n, *out_shape[1:])
+    if len(in_shape) == len(out_shape):  # batch dim of size 1
+        cols = _sum_to(cols, 1, in_shape[1:]).reshape(c * n, *in_shape)
+    else:
+        cols = _sum_to(cols, 1, in_shape)
+    return DenseColumns(cols, block.sign.reshape(c * n))
+
+
+def diagonal_columns(weights: torch.Tensor) -> Columns | None:
+    """Signed columns of ``diag(weights)`` (per sample when there is a batch dim)."""
+    if not bool(weights.ne(0).any()):
+        return None
+    return written_out(DiagonalColumns(weights))
+
+
+def cross_pair(a: Columns, b: Columns) -> tuple[Columns, Columns]:
+    """Columns for the symmetric cross term ``A B^T + B A^T`` on two inputs.
+
+    With ``a_c`` at one input and ``b_c`` at the other, the columns
+    ``(a_c, b_c)`` with sign ``+s/2`` and ``(a_c, -b_c)`` with ``-s/2`` give
+    exactly the cross blocks and nothing on the diagonal blocks.
+    """
+    half = torch.cat([a.sign / 2, -a.sign / 2])
+    if isinstance(a, DenseColumns | SampleColumns):
+        a2 = type(a)(torch.cat([a.data, a.data]), half)
+    if isinstance(b, OuterColumns):
+        c = a.sign.shape[0]
+        left = b.left.expand(c, *b.left.shape[1:])
+        right = b.right.expand(c, *b.right.shape[1:])
+        b2 = OuterColumns(
+            torch.cat([left, left]), torch.cat([right, -right]), half, b.transposed
+        )
+    else:
+        b2 = type(b)(torch.cat([b.data, -b.data]), half)
+    return a2, b2
+
+
+def per_sample_or_dense(block: Columns, out_shape: tuple, dim: int) -> Columns:
+    """``block`` in a layout an op that mixes values along ``dim`` can act on.
+
+    Per-sample columns stay so unless ``dim`` is the sample dim (then the op
+    mixes samples); outer-product columns are written out. Either way
+    ``data[c]`` has the node's shape, so the op applies to ``data`` directly.
+    """
+    if isinstance(block, OuterColumns) or (
+        isinstance(block, SampleColumns) and dim == 0
+    ):
+        return block.to_dense(out_shape)
+    return block
+
+
+def rows_along(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` as ``[N, R, K]``: per sample, its rows along ``dim`` (length ``K``).
+
+    ``N`` is the batch (dim 0) when ``t`` has one and ``dim`` is not it, else 1.
+    """
+    n = t.shape[0] if t.dim() >= 2 and dim != 0 else 1
+    return t.movedim(dim, -1).reshape(n, -1, t.shape[dim])
+
+
+def row_columns(
+    factors: torch.Tensor, signs: torch.Tensor, shape: tuple, dim: int
+) -> Columns:
+    """Columns that each sit on one row (along ``dim``) of a ``shape`` tensor.
+
+    ``factors[n, r, j]`` (``[N, R, J, K]``, see :func:`rows_along`) is column ``j``
+    of row ``r`` of sample ``n``, with sign ``signs[n, r, j]``; it is zero off
+    that row.
+    """
+    n, r, j, k = factors.shape
+    data = factors.new_zeros(r, j, n, r, k)
+    rows = torch.arange(r, device=factors.device)
+    data[rows, :, :, rows] = factors.permute(1, 2, 0, 3)
+    moved = [s for i, s in enumerate(shape) if i != dim]
+    data = data.reshape(r * j, *moved, k).movedim(-1, dim + 1)
+    sign = signs.permute(1, 2, 0).reshape(r * j, n)
+    if len(shape) >= 2 and dim != 0:
+        return SampleColumns(data, sign)
+    return DenseColumns(data, sign.reshape(-1))
+
+
+# -- the rule interface ----------------------------------------------------------
+
+
+class Rule:
+    """Base rule: a linear op with no residual; pullback by generic VJPs."""
+
+    loss = False  # does its residual belong to the loss (for the GGN)?
+
+    def pullback(self, ctx: OpContext, block: Columns, pos: int) -> Columns:
+        if ctx.out_shape == ():  # scalar output: the Jacobian is the gradient
+            block = block.to_dense(ctx.out_shape)
+            direction = call_backward(ctx.fn, torch.ones_like(ctx.grad))[pos]
+            return DenseColumns(
+                block.data.reshape(-1, *[1] * direction.dim()) * direction, block.sign
+            )
+        block = block.to_dense(ctx.out_shape)
+        cols = torch.stack(
+            [call_backward(ctx.fn, col)[pos] for col in block.data.unbind(0)]
+        )
+        return DenseColumns(cols, block.sign)
+
+    def residual(self, ctx: OpContext) -> dict[int, Columns]:
+        return {}
+
+    def refuses(
+        self, fn: Any, flows: list[bool], coupled: Callable[[int, int], bool]
+    ) -> str | None:
+        """Why this node is beyond the rule (None: it is not), before any work.
+
+        ``flows[i]``: does a parameter's gradient flow through input ``i``;
+        ``coupled(i, j)``: do inputs ``i`` and ``j`` reach a common parameter.
+        """
+        return None
+
+
+def call_backward(fn: Any, grad: torch.Tensor) -> tuple:
+    """``fn``'s backward applied to ``grad``, always as a tuple."""
+    out = fn(grad)
+    return out if isinstance(out, tuple) else (out,)
+
+
+class Identity(Rule):
+    """An op that passes its input on unchanged (clone, alias, x + number)."""
+
+    def pullback(self, ctx, block, pos):
+        return block

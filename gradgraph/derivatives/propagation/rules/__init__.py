@@ -1,0 +1,17 @@
+"""One module per family of curvature rules; importing this package registers them.
+
+Example:
+    >>> from gradgraph.derivatives.propagation.registry import rule_for
+    >>> rule_for("ConvolutionBackward0") is not None
+    True
+"""
+
+from . import (
+    elementwise,  # noqa: F401
+    linalg,  # noqa: F401
+    loss,  # noqa: F401
+    normalization,  # noqa: F401
+    recurrent,  # noqa: F401
+    shape,  # noqa: F401
+    spatial,  # noqa: F401
+)

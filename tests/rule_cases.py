@@ -1,0 +1,252 @@
+"""One small op per registered curvature rule, for tests/test_rules.py.
+
+``CASES`` maps a grad_fn name to a :class:`Case` (or a list of them): a
+function and the float64 inputs it takes. The function's output must have
+that grad_fn, and every input that requires grad must feed the op directly
+(the rule is tested on that op alone). Adding a rule's case is one line:
+
+    "TanhBackward0": case(torch.tanh, (3, 4)),
+
+where ``(3, 4)`` is the shape of a random float64 input (``positive(3, 4)`` for
+one above zero; a tensor is used as given). Inputs that should not be
+differentiated (labels, constants) are closed over in the function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules._functions import BackwardHookFunction
+
+_GENERATOR = torch.Generator().manual_seed(0)
+
+
+def _random(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=_GENERATOR, dtype=torch.float64)
+
+
+def positive(*shape: int) -> torch.Tensor:
+    """A random float64 input in [0.5, 2]."""
+    return 0.5 + 1.5 * torch.rand(*shape, generator=_GENERATOR, dtype=torch.float64)
+
+
+@dataclass
+class Case:
+    """``op(*inputs)`` builds the node; each input requires grad."""
+
+    op: Callable[..., torch.Tensor]
+    inputs: tuple[torch.Tensor, ...]
+    # float64 math of an op torch runs in float32 only (oneDNN): the node is
+    # built from float32 copies of the inputs, the references use this
+    reference: Callable[..., torch.Tensor] | None = None
+
+    def build(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        dtype = torch.float64 if self.reference is None else torch.float32
+        inputs = [
+            t.detach().clone().to(dtype).requires_grad_(True) for t in self.inputs
+        ]
+        return self.op(*inputs), inputs
+
+    def math(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]:
+        """The function and the float64 inputs the references differentiate."""
+        if self.reference is None:
+            return self.op, self.inputs
+        return self.reference, tuple(t.float().double() for t in self.inputs)
+
+
+def case(op: Callable[..., torch.Tensor], *inputs) -> Case:
+    """A case from shapes (random float64 inputs) or tensors."""
+    return Case(
+        op, tuple(t if isinstance(t, torch.Tensor) else _random(*t) for t in inputs)
+    )
+
+
+LABELS = torch.tensor([0, 2, 1])
+TARGET = _random(3, 4)
+
+
+def _batch_norm(training: bool):
+    mean, var = _random(3).abs(), positive(3)
+    return case(
+        lambda x, w, b: F.batch_norm(x, mean, var, w, b, training=training),
+        (4, 3, 2, 2),
+        (3,),
+        (3,),
+    )
+
+
+def _lstm_layer(reverse: bool) -> Case:
+    """oneDNN's fused LSTM layer (float32 only); torch's unfused float64 LSTM
+    (the backward direction: on the time-reversed sequence) is the reference."""
+    steps, batch, width, hidden = 3, 2, 3, 2
+
+    def fused(x, w_ih, w_hh, b_ih, b_hh, h, c):
+        weights = (w_ih, w_hh, b_ih, b_hh, h, c)
+        flags = (reverse, [], 2, hidden, 1, True, False, False, True)
+        return torch.mkldnn_rnn_layer(x, *weights, *flags)[0]
+
+    def unfused(x, w_ih, w_hh, b_ih, b_hh, h, c):
+        x = x.flip(0) if reverse else x
+        weights = [w_ih, w_hh, b_ih, b_hh]
+        out = torch.lstm(
+            x, (h[None], c[None]), weights, True, 1, 0.0, True, False, False
+        )
+        return out[0].flip(0) if reverse else out[0]
+
+    shapes = [
+        (steps, batch, width),
+        (4 * hidden, width),
+        (4 * hidden, hidden),
+        (4 * hidden,),
+        (4 * hidden,),
+        (batch, hidden),
+        (batch, hidden),
+    ]
+    return Case(fused, case(fused, *shapes).inputs, unfused)
+
+
+CASES: dict[str, Case | list[Case]] = {
+    # shape
+    "ViewBackward0": case(lambda x: x.view(4, 3), (2, 6)),
+    "ReshapeAliasBackward0": case(
+        lambda x: torch.ops.aten._reshape_alias(x, (4, 3), (3, 1)), (2, 6)
+    ),
+    "UnsafeViewBackward0": case(
+        lambda x: torch.ops.aten._unsafe_view(x, (3, 4)), (2, 6)
+    ),
+    "SqueezeBackward0": case(lambda x: x.squeeze(), (3, 1, 4)),
+    "SqueezeBackward1": case(lambda x: x.squeeze(1), (3, 1, 4)),
+    "UnsqueezeBackward0": case(lambda x: x.unsqueeze(1), (3, 4)),
+    "TBackward0": case(lambda x: x.t(), (3, 4)),
+    "PermuteBackward0": [
+        case(lambda x: x.permute(2, 0, 1), (3, 4, 2)),
+        case(lambda x: x.permute(0, 2, 1), (3, 4, 2)),
+        case(lambda x: x.permute(1, 0), (3, 4)),
+    ],
+    "ExpandBackward0": [
+        case(lambda x: x.expand(3, 4), (1, 4)),
+        case(lambda x: x.expand(2, 3, 4), (3, 4)),
+    ],
+    "CloneBackward0": case(torch.clone, (3, 4)),
+    "AliasBackward0": case(torch.ops.aten.alias, (3, 4)),
+    "BackwardHookFunctionBackward": case(
+        lambda x: BackwardHookFunction.apply(x)[0], (3, 4)
+    ),
+    "SumBackward0": case(torch.sum, (3, 4)),
+    "MeanBackward0": case(torch.mean, (3, 4)),
+    "SumBackward1": [
+        case(lambda x: x.sum(1), (3, 4, 2)),
+        case(lambda x: x.sum(0, keepdim=True), (3, 4)),
+    ],
+    "MeanBackward1": [
+        case(lambda x: x.mean((1, 2)), (3, 4, 2)),
+        case(lambda x: x.mean(0), (3, 4)),
+    ],
+    "MaxBackward0": case(lambda x: x.max(1)[0], (3, 4)),
+    "MinBackward0": case(lambda x: x.min(0, keepdim=True)[0], (3, 4)),
+    # linear algebra
+    "MmBackward0": case(torch.mm, (3, 4), (4, 2)),
+    "AddmmBackward0": [
+        case(torch.addmm, (2,), (3, 4), (4, 2)),
+        case(
+            lambda b, x, w: torch.addmm(b, x, w, beta=0.5, alpha=2.0),
+            (3, 2),
+            (3, 4),
+            (4, 2),
+        ),
+    ],
+    # elementwise
+    "AddBackward0": case(lambda a, b: torch.add(a, b, alpha=2.0), (3, 4), (4,)),
+    "SubBackward0": case(lambda a, b: torch.sub(a, b, alpha=0.5), (3, 1), (3, 4)),
+    "AddBackward1": case(lambda x: torch.ops.aten.add.Scalar(x, 2.0, alpha=3), (3, 4)),
+    "SubBackward1": case(lambda x: torch.ops.aten.sub.Scalar(x, 2.0), (3, 4)),
+    "NegBackward0": case(torch.neg, (3, 4)),
+    "RsubBackward1": case(lambda x: 1.0 - x, (3, 4)),
+    "MulBackward1": case(lambda x: torch.ops.aten.mul.Scalar(x, 3.0), (3, 4)),
+    "DivBackward1": case(lambda x: torch.ops.aten.div.Scalar(x, 3.0), (3, 4)),
+    "MulBackward0": [
+        case(torch.mul, (3, 4), (3, 4)),
+        case(torch.mul, (3, 4), (4,)),
+    ],
+    "DivBackward0": [
+        case(torch.div, (3, 4), positive(3, 4)),
+        case(torch.div, (3, 4), positive(3, 1)),
+    ],
+    "TanhBackward0": case(torch.tanh, (3, 4)),
+    "SigmoidBackward0": case(torch.sigmoid, (3, 4)),
+    "ReluBackward0": case(torch.relu, (3, 4)),
+    "ExpBackward0": case(torch.exp, (3, 4)),
+    "ReciprocalBackward0": case(torch.reciprocal, positive(3, 4)),
+    "GeluBackward0": [
+        case(F.gelu, (3, 4)),
+        case(lambda x: F.gelu(x, approximate="tanh"), (3, 4)),
+    ],
+    "SiluBackward0": case(F.silu, (3, 4)),
+    "SoftplusBackward0": case(lambda x: F.softplus(x, beta=2.0), (3, 4)),
+    "LeakyReluBackward0": case(lambda x: F.leaky_relu(x, 0.1), (3, 4)),
+    "LogBackward0": case(torch.log, positive(3, 4)),
+    "SinBackward0": case(torch.sin, (3, 4)),
+    "CosBackward0": case(torch.cos, (3, 4)),
+    "PowBackward0": case(lambda x: x**3, (3, 4)),
+    "SoftmaxBackward0": [
+        case(lambda x: F.softmax(x, 1), (3, 4)),
+        case(lambda x: F.softmax(x, 0), (3, 4, 2)),
+    ],
+    # losses
+    "MseLossBackward0": [
+        case(F.mse_loss, (3, 4), (3, 4)),
+        case(lambda x: F.mse_loss(x, TARGET, reduction="sum"), (3, 4)),
+        case(lambda x: F.mse_loss(x, TARGET, reduction="none"), (3, 4)),
+    ],
+    "HuberLossBackward0": case(lambda x: F.huber_loss(x, TARGET, delta=0.5), (3, 4)),
+    "SmoothL1LossBackward0": case(
+        lambda x: F.smooth_l1_loss(x, TARGET, beta=0.5, reduction="sum"), (3, 4)
+    ),
+    "NllLossBackward0": case(lambda x: F.nll_loss(x, LABELS), (3, 4)),
+    "LogSoftmaxBackward0": [
+        case(lambda x: F.log_softmax(x, 1), (3, 4)),
+        case(lambda x: F.log_softmax(x, 0), (3, 4)),
+    ],
+    # spatial
+    "ConvolutionBackward0": [
+        case(
+            lambda x, w, b: F.conv2d(x, w, b, padding=1),
+            (2, 2, 4, 4),
+            (3, 2, 3, 3),
+            (3,),
+        ),
+        case(lambda x, w: F.conv1d(x, w, stride=2, groups=2), (2, 4, 7), (2, 2, 3)),
+    ],
+    "MaxPool2DWithIndicesBackward0": case(lambda x: F.max_pool2d(x, 2), (2, 2, 4, 4)),
+    "MaxPool3DWithIndicesBackward0": case(
+        lambda x: F.max_pool3d(x, 2, stride=1), (2, 1, 3, 3, 3)
+    ),
+    "AvgPool2DBackward0": case(lambda x: F.avg_pool2d(x, 2, padding=1), (2, 2, 4, 4)),
+    "AvgPool3DBackward0": case(lambda x: F.avg_pool3d(x, 2), (2, 1, 4, 4, 4)),
+    "AdaptiveAvgPool2DBackward0": case(
+        lambda x: F.adaptive_avg_pool2d(x, 3), (2, 2, 5, 5)
+    ),
+    "AdaptiveAvgPool3DBackward0": case(
+        lambda x: F.adaptive_avg_pool3d(x, 2), (2, 1, 3, 3, 3)
+    ),
+    "ConstantPadNdBackward0": case(lambda x: F.pad(x, (1, 2, 0, 1)), (2, 3, 4)),
+    # normalization
+    "NativeLayerNormBackward0": case(
+        lambda x, w, b: F.layer_norm(x, (4,), w, b), (3, 2, 4), (4,), (4,)
+    ),
+    "NativeGroupNormBackward0": case(
+        lambda x, w, b: F.group_norm(x, 2, w, b), (2, 4, 3), (4,), (4,)
+    ),
+    "NativeBatchNormBackward0": [_batch_norm(True), _batch_norm(False)],
+    # recurrent
+    "MkldnnRnnLayerBackward0": [_lstm_layer(False), _lstm_layer(True)],
+}
+
+
+def cases_for(name: str) -> list[Case]:
+    """The cases of grad_fn ``name`` as a list."""
+    found = CASES[name]
+    return found if isinstance(found, list) else [found]
