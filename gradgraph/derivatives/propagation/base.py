@@ -51,6 +51,7 @@ __all__ = [
     "per_sample_or_dense",
     "row_columns",
     "rows_along",
+    "saved_dim",
     "scale",
     "unbroadcast",
 ]
@@ -85,6 +86,22 @@ class OpContext:
 
 
 # -- column algebra shared by the rules ----------------------------------------
+
+
+def saved_dim(dim: int, ndim: int) -> int:
+    """A dim a node saved, as an index in ``range(ndim)``.
+
+    Nodes save a negative dim in a list (sum, mean, permute) or on its own
+    (softmax, max) as an unsigned 64-bit int, ``-1`` as ``2**64 - 1``; taken
+    ``% ndim`` as it is, that is right only when ``ndim`` divides ``2**64``.
+
+    Example:
+        >>> saved_dim(2**64 - 1, 3), saved_dim(1, 3), saved_dim(-1, 3)
+        (2, 1, 2)
+    """
+    if dim >= 1 << 63:
+        dim -= 1 << 64
+    return dim % ndim
 
 
 def scale(block: Columns, factor: Any, out_shape: tuple) -> Columns:

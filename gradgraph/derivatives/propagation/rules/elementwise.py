@@ -29,6 +29,7 @@ from ..base import (
     per_sample_or_dense,
     row_columns,
     rows_along,
+    saved_dim,
     scale,
     unbroadcast,
 )
@@ -211,7 +212,7 @@ class Softmax(Rule):
 
     def pullback(self, ctx, block, pos):
         y = ctx.fn._saved_result
-        dim = ctx.fn._saved_dim % y.dim()
+        dim = saved_dim(ctx.fn._saved_dim, y.dim())
         block = per_sample_or_dense(block, ctx.out_shape, dim)
         data = block.data
         data = y * (data - (data * y).sum(dim + 1, keepdim=True))
@@ -219,7 +220,7 @@ class Softmax(Rule):
 
     def residual(self, ctx):
         y = ctx.fn._saved_result
-        dim = ctx.fn._saved_dim % y.dim()
+        dim = saved_dim(ctx.fn._saved_dim, y.dim())
         g = ctx.grad
         u = y * (g - (g * y).sum(dim, keepdim=True))
         ys, us = rows_along(y, dim), rows_along(u, dim)

@@ -25,6 +25,7 @@ from ..base import (
     per_sample_or_dense,
     row_columns,
     rows_along,
+    saved_dim,
     scale,
 )
 from ..registry import register
@@ -86,7 +87,7 @@ class LogSoftmax(Rule):
 
     def _p(self, ctx):
         p = ctx.fn._saved_result.exp()
-        return p, ctx.fn._saved_dim % p.dim()
+        return p, saved_dim(ctx.fn._saved_dim, p.dim())
 
     def pullback(self, ctx, block, pos):
         p, dim = self._p(ctx)

@@ -19,6 +19,7 @@ from ..base import (
     Identity,
     Rule,
     per_sample_or_dense,
+    saved_dim,
     unbroadcast,
 )
 from ..columns import DenseColumns, OuterColumns, SampleColumns
@@ -53,7 +54,7 @@ class Permute(Rule):
     """permute / ``.T``: the columns take the inverse permutation."""
 
     def pullback(self, ctx, block, pos):
-        dims = [d % len(ctx.out_shape) for d in ctx.fn._saved_dims]
+        dims = [saved_dim(d, len(ctx.out_shape)) for d in ctx.fn._saved_dims]
         inverse = sorted(range(len(dims)), key=dims.__getitem__)
         if isinstance(block, OuterColumns) and dims == [1, 0]:
             return block.transpose()
@@ -78,7 +79,8 @@ class SumMean(Rule):
 
     def pullback(self, ctx, block, pos):
         shape = ctx.in_shapes[pos]
-        dims = sorted(d % len(shape) for d in ctx.fn._saved_dim) or range(len(shape))
+        dims = sorted(saved_dim(d, len(shape)) for d in ctx.fn._saved_dim)
+        dims = dims or range(len(shape))
         keep = ctx.fn._saved_keepdim
         count = 1
         for d in dims:
@@ -105,7 +107,7 @@ class MaxAlongDim(Rule):
     def pullback(self, ctx, block, pos):
         fn = ctx.fn
         shape = ctx.in_shapes[pos]
-        dim = fn._saved_dim % len(shape)
+        dim = saved_dim(fn._saved_dim, len(shape))
         block = per_sample_or_dense(block, ctx.out_shape, dim)
         data, index = block.data, fn._saved_indices
         if not fn._saved_keepdim:
