@@ -78,14 +78,17 @@ def _batch_norm(training: bool):
     )
 
 
-def _lstm_layer(reverse: bool) -> Case:
+def _lstm_layer(reverse: bool, batch_first: bool = False) -> Case:
     """oneDNN's fused LSTM layer (float32 only); torch's unfused float64 LSTM
-    (the backward direction: on the time-reversed sequence) is the reference."""
+    (the backward direction: on the time-reversed sequence) is the reference.
+
+    The kernel is time-major whatever ``batch_first`` says (nn.LSTM transposes
+    a batch-first input first and passes the flag on)."""
     steps, batch, width, hidden = 3, 2, 3, 2
 
     def fused(x, w_ih, w_hh, b_ih, b_hh, h, c):
         weights = (w_ih, w_hh, b_ih, b_hh, h, c)
-        flags = (reverse, [], 2, hidden, 1, True, False, False, True)
+        flags = (reverse, [], 2, hidden, 1, True, False, batch_first, True)
         return torch.mkldnn_rnn_layer(x, *weights, *flags)[0]
 
     def unfused(x, w_ih, w_hh, b_ih, b_hh, h, c):
@@ -242,7 +245,11 @@ CASES: dict[str, Case | list[Case]] = {
     ),
     "NativeBatchNormBackward0": [_batch_norm(True), _batch_norm(False)],
     # recurrent
-    "MkldnnRnnLayerBackward0": [_lstm_layer(False), _lstm_layer(True)],
+    "MkldnnRnnLayerBackward0": [
+        _lstm_layer(False),
+        _lstm_layer(True),
+        _lstm_layer(False, batch_first=True),
+    ],
 }
 
 

@@ -103,15 +103,13 @@ def _mkldnn_lstm_inputs(fn: Any) -> list[torch.Tensor]:
 
 
 def _mkldnn_lstm(fn: Any) -> Callable[..., torch.Tensor]:
-    reverse, batch_first = bool(fn._saved_reverse), bool(fn._saved_batch_first)
+    """The node's layer; time-major whatever its saved ``batch_first`` says.
 
-    def layer(x, *rest):
-        if batch_first:
-            x = x.transpose(0, 1)
-        out = lstm_layer(x, *rest, reverse=reverse)
-        return out.transpose(0, 1) if batch_first else out
-
-    return layer
+    nn.LSTM transposes a batch-first input before the kernel and passes the
+    flag along, and the kernel ignores it.
+    """
+    reverse = bool(fn._saved_reverse)
+    return lambda *inputs: lstm_layer(*inputs, reverse=reverse)
 
 
 def _mkldnn_lstm_refuses(fn: Any) -> str | None:
