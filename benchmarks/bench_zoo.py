@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(BUILDERS))
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--rows", type=int, default=20, help="HVP rows timed")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     if backpack is None:

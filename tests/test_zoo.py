@@ -31,7 +31,8 @@ NEEDS = {
     "bert": "needs Bmm, Embedding, Transpose",
     "vit": "needs Bmm, Cat, ToCopy, Transpose",
     "llama": "needs Bmm, Cat, Embedding, Rsqrt, Slice, ToCopy, Transpose",
-    "transformer_encoder": "needs flash SDPA for CPU, Select, Transpose",
+    "transformer_encoder": "needs flash SDPA for CPU, Select, Transpose (and an "
+    "attention rule without forward-mode AD, whose jit decompositions warn)",
     "lstm": "float64 nn.LSTM runs as cell ops: needs Stack, Unbind, "
     "UnsafeSplit (several outputs)",
     "gru": "needs Stack, TransposeBackward1, Unbind, UnsafeSplit (several outputs)",

@@ -153,11 +153,16 @@ class RecurrentLayer(Rule):
         return f, [values[p] for p in flowing]
 
     def pullback(self, ctx: OpContext, block: Columns, pos: int) -> Columns:
+        """One VJP pass serves every input; each input's part is handed out once
+        (then dropped, so the node holds no columns after its last input)."""
         memo = ctx.memo.get("pullback")
-        if memo is None or memo[0] is not block:
+        if memo is None or memo[0] is not block or pos not in memo[1]:
             memo = (block, self._vjps(ctx, block))
             ctx.memo["pullback"] = memo
-        return memo[1][pos]
+        out = memo[1].pop(pos)
+        if not memo[1]:
+            del ctx.memo["pullback"]
+        return out
 
     def _vjps(self, ctx: OpContext, block: Columns) -> dict[int, DenseColumns]:
         dense = block.to_dense(ctx.out_shape)
