@@ -51,8 +51,17 @@ __all__ = ["MAX_LOCAL_ENTRIES", "RecurrentLayer", "lstm_layer"]
 # second or two. Larger layers are refused (the exact fallback takes over).
 MAX_LOCAL_ENTRIES = 2048
 
-# columns pulled back at once (each is one vector-Jacobian product)
-_VJP_CHUNK = 256
+# Vectors pushed through the re-run layer at once (VJPs, Hessian-vector
+# products) take about this much memory: each carries some 32 float64 values
+# per gate entry (4 T B H) through the recurrence.
+CHUNK_BYTES = 64 << 20
+
+
+def _chunk(out_shape: tuple[int, ...]) -> int:
+    """How many vectors to batch through a layer with output ``out_shape``."""
+    per_vector = 8 * 32 * 4 * math.prod(out_shape)
+    return max(1, CHUNK_BYTES // per_vector)
+
 
 _COMPUTE = torch.float64
 
@@ -169,7 +178,7 @@ class RecurrentLayer(Rule):
         f, primals = self._function(ctx)
         with torch.enable_grad():
             _, vjp = torch.func.vjp(f, *primals)
-            pulled = torch.func.vmap(vjp, chunk_size=_VJP_CHUNK)(
+            pulled = torch.func.vmap(vjp, chunk_size=_chunk(ctx.out_shape))(
                 dense.data.to(_COMPUTE)
             )
         dtype = dense.data.dtype
@@ -218,7 +227,8 @@ class RecurrentLayer(Rule):
 
         with torch.enable_grad():  # reverse over reverse: H v = vjp of the gradient
             _, hvp = torch.func.vjp(torch.func.grad(phi), flat)
-            (hessian,) = torch.func.vmap(hvp, chunk_size=_VJP_CHUNK)(eye)
+            chunk = _chunk(ctx.out_shape)
+            (hessian,) = torch.func.vmap(hvp, chunk_size=chunk)(eye)
         return (hessian + hessian.T) / 2, shapes
 
     def refuses(self, fn, flows, coupled):
