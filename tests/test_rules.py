@@ -19,7 +19,6 @@ from gradgraph.derivatives.propagation.columns import (
     DenseColumns,
     OuterColumns,
     SampleColumns,
-    written_out,
 )
 
 from .rule_cases import CASES, Case, cases_for
@@ -152,7 +151,7 @@ def _residual_matrix(rule: Rule, ctx: OpContext) -> dict[int, torch.Tensor]:
     blocks = rule.residual(ctx)
     flat, signs = {}, []
     for pos, block in blocks.items():
-        dense = written_out(block).to_dense(ctx.in_shapes[pos])
+        dense = block.to_dense(ctx.in_shapes[pos])
         flat[pos] = dense.data.reshape(dense.data.shape[0], -1)
         signs.append(dense.sign)
     for s in signs[1:]:  # one source: the same columns at every input
@@ -184,3 +183,47 @@ def test_residual_is_the_double_backward(name, k, coupled):
             if i in columns and j in columns:
                 got = torch.einsum("c,ci,cj->ij", sign, columns[i], columns[j])
             torch.testing.assert_close(got, expected, **TOLERANCE)
+
+
+def _masking_rules(flag: str) -> list[str]:
+    return [
+        n for n in registry.registered_names() if getattr(registry.rule_for(n), flag)
+    ]
+
+
+def test_fusions_have_both_sides():
+    assert _masking_rules("positive_mask") and _masking_rules("takes_input_mask")
+
+
+@pytest.mark.parametrize("name", _masking_rules("positive_mask"))
+def test_a_positive_mask_rule_is_the_mask_of_its_output(name):
+    """Its pullback is ``v * (output > 0)``; fused, it passes columns on as is."""
+    for case in cases_for(name):
+        out, inputs, which = _node(name, case)
+        ctx = _context(out, inputs, which, torch.randn_like(out), coupled=False)
+        block = next(_layouts(tuple(out.shape)))
+        got = registry.rule_for(name).pullback(ctx, block, 0)
+        torch.testing.assert_close(got.data, block.data * (out > 0))
+        ctx.premasked = True
+        assert registry.rule_for(name).pullback(ctx, block, 0) is block
+
+
+@pytest.mark.parametrize("name", _masking_rules("takes_input_mask"))
+def test_an_input_mask_taken_over_is_the_vjp_through_the_mask(name):
+    for case in cases_for(name):
+        out, inputs, which = _node(name, case)
+        ctx = _context(out, inputs, which, torch.randn_like(out), coupled=False)
+        ctx.mask_input = True
+        (x,) = (inputs[k] for k in which if k is not None)
+        for block in _layouts(tuple(out.shape)):
+            dense = block.to_dense(tuple(out.shape))
+            got = registry.rule_for(name).pullback(ctx, block, 0)
+            expected = torch.stack(
+                [
+                    torch.autograd.grad(out, x, v, retain_graph=True)[0] * (x > 0)
+                    for v in dense.data
+                ]
+            )
+            torch.testing.assert_close(
+                got.to_dense(tuple(x.shape)).data, expected, **TOLERANCE
+            )

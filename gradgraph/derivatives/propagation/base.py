@@ -36,8 +36,8 @@ from .columns import (
     DenseColumns,
     DiagonalColumns,
     OuterColumns,
+    RowColumns,
     SampleColumns,
-    written_out,
 )
 
 __all__ = [
@@ -71,11 +71,12 @@ class OpContext:
     in_shapes: list[tuple[int, ...] | None]  # None: no gradient flows there
     coupled: Callable[[int, int], bool]  # do inputs i and j share a parameter?
     memo: dict  # per-node scratch space, so a rule computes a thing once
-    # a ReLU whose consumers are all max pools that apply its 0/1 derivative
-    # (mask_relu_input below): columns arrive masked, the pullback passes them on
+    # fusion (see Rule.positive_mask / Rule.takes_input_mask): a node whose
+    # derivative is the 0/1 mask ``output > 0`` and whose consumers all apply
+    # that mask themselves: columns arrive masked, the pullback passes them on
     premasked: bool = False
-    # a max pool over a ReLU's output: mask the columns before the scatter
-    mask_relu_input: bool = False
+    # a consumer of such a node: apply the mask ``input > 0`` to the columns
+    mask_input: bool = False
 
     @property
     def op(self) -> str:
@@ -158,7 +159,7 @@ def diagonal_columns(weights: torch.Tensor) -> Columns | None:
     """Signed columns of ``diag(weights)`` (per sample when there is a batch dim)."""
     if not bool(weights.ne(0).any()):
         return None
-    return written_out(DiagonalColumns(weights))
+    return DiagonalColumns(weights).written_out()
 
 
 def cross_pair(a: Columns, b: Columns) -> tuple[Columns, Columns]:
@@ -208,23 +209,20 @@ def rows_along(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 def row_columns(
     factors: torch.Tensor, signs: torch.Tensor, shape: tuple, dim: int
-) -> Columns:
+) -> RowColumns:
     """Columns that each sit on one row (along ``dim``) of a ``shape`` tensor.
 
-    ``factors[n, r, j]`` (``[N, R, J, K]``, see :func:`rows_along`) is column ``j``
-    of row ``r`` of sample ``n``, with sign ``signs[n, r, j]``; it is zero off
-    that row.
+    ``factors[n, r, j]`` (``[N, R, J, K]``, see :func:`rows_along`) is column
+    ``j`` of row ``r`` of sample ``n``, with sign ``signs[n, r, j]``; it is
+    zero off that row. Lazy: written out a slice at a time.
     """
-    n, r, j, k = factors.shape
-    data = factors.new_zeros(r, j, n, r, k)
-    rows = torch.arange(r, device=factors.device)
-    data[rows, :, :, rows] = factors.permute(1, 2, 0, 3)
+    k = factors.shape[-1]
     moved = [s for i, s in enumerate(shape) if i != dim]
-    data = data.reshape(r * j, *moved, k).movedim(-1, dim + 1)
-    sign = signs.permute(1, 2, 0).reshape(r * j, n)
-    if len(shape) >= 2 and dim != 0:
-        return SampleColumns(data, sign)
-    return DenseColumns(data, sign.reshape(-1))
+
+    def join(data: torch.Tensor) -> torch.Tensor:
+        return data.reshape(data.shape[0], *moved, k).movedim(-1, dim + 1)
+
+    return RowColumns(factors, signs, join, len(shape) >= 2 and dim != 0)
 
 
 # -- the rule interface ----------------------------------------------------------
@@ -234,6 +232,13 @@ class Rule:
     """Base rule: a linear op with no residual; pullback by generic VJPs."""
 
     loss = False  # does its residual belong to the loss (for the GGN)?
+    # fusion: the op's derivative is the 0/1 mask ``output > 0`` (ReLU), so a
+    # consumer that takes the mask (takes_input_mask) can apply it instead
+    positive_mask = False
+    # fusion: the op can apply the mask ``input > 0`` to its (smaller)
+    # columns before its own pullback (max pool: exact, a pooled column lands
+    # on window maxima only, where the mask is the one the op below applies)
+    takes_input_mask = False
 
     def pullback(self, ctx: OpContext, block: Columns, pos: int) -> Columns:
         if ctx.out_shape == ():  # scalar output: the Jacobian is the gradient
@@ -251,6 +256,15 @@ class Rule:
     def residual(self, ctx: OpContext) -> dict[int, Columns]:
         return {}
 
+    def mixes_samples(self, fn: Any) -> bool:
+        """Does the node write columns out densely, one per (column, sample)?
+
+        True for ops that couple the samples of a batch (BatchNorm in training
+        mode): columns at and below such a node are ``N`` times larger, which
+        the engine's memory plan counts.
+        """
+        return False
+
     def refuses(
         self, fn: Any, flows: list[bool], coupled: Callable[[int, int], bool]
     ) -> str | None:
@@ -262,9 +276,14 @@ class Rule:
         return None
 
 
-def call_backward(fn: Any, grad: torch.Tensor) -> tuple:
-    """``fn``'s backward applied to ``grad``, always as a tuple."""
-    out = fn(grad)
+def call_backward(fn: Any, *grads: torch.Tensor | None) -> tuple:
+    """``fn``'s backward applied to ``grads`` (one per output), always as a tuple.
+
+    Nodes of Python ``autograd.Function`` s (hook nodes among them) are not
+    callable; their ``apply`` runs the Function's backward. Hooks registered
+    on a node are not run either way.
+    """
+    out = fn(*grads) if callable(fn) else fn.apply(*grads)
     return out if isinstance(out, tuple) else (out,)
 
 

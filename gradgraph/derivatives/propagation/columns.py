@@ -4,8 +4,11 @@ A Hessian term ``sum_c s_c v_c v_c^T`` (signs ``s_c`` of +-1 or +-1/2) is held
 as its columns ``v_c``, each a tensor with the shape of the node it sits at.
 Pulling the columns back through an op is a batch of vector-Jacobian products,
 and the term's contribution to a parameter's Hessian diagonal is
-``sum_c s_c v_c**2`` once the columns reach the parameter. Three layouts keep
-the columns small:
+``sum_c s_c v_c**2`` once the columns reach the parameter. Every layout
+is a :class:`ColumnBlock` (``count``, ``column_bytes``, ``take``,
+``to_dense``, ``written_out``, ``square_sum``), so the engine slices, sizes
+and squares columns without knowing their layout. The layouts keep the
+columns small:
 
 * :class:`DenseColumns`: ``data[c]`` is column ``c``, shape ``[C, *shape]``.
 * :class:`SampleColumns`: columns that each touch one sample of a batch (dim 0
@@ -22,7 +25,10 @@ the columns small:
   parameter (a sample at a time, in chunks), never written out whole.
 * :class:`DiagonalColumns`: the columns of ``diag(weights)`` (an
   activation's own curvature), written out a slice at a time
-  (:func:`take_columns`), so a large set of them need not exist at once.
+  (``take``), so a large set of them need not exist at once.
+* :class:`RowColumns`: columns that each sit on one row of a value (the
+  curvature of a softmax or a normalization layer, per row), written out a
+  slice at a time too.
 
 Columns are independent of each other, so a block can travel in slices of
 its leading (column) axis and the slices' contributions add.
@@ -37,17 +43,67 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 
+class ColumnBlock:
+    """The interface every layout has: a leading (column) axis of ``count`` slices.
+
+    ``sign`` holds the slices' signs (leading dim ``count``). Subclasses give
+    ``count``, ``column_bytes``, ``take`` and ``to_dense``; the rest follows.
+    """
+
+    sign: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        """How many slices of the leading axis the block has (``C``)."""
+        return self.sign.shape[0]
+
+    @property
+    def column_bytes(self) -> int:
+        """Bytes one slice of the leading axis takes once written out."""
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole block once written out."""
+        return self.count * self.column_bytes
+
+    def take(self, start: int, stop: int) -> ColumnBlock:
+        """Slices ``start:stop`` of the leading axis."""
+        raise NotImplementedError
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        """The same columns as :class:`DenseColumns` at a node of ``shape``."""
+        raise NotImplementedError
+
+    def written_out(self) -> ColumnBlock:
+        """A layout the rules act on (lazy layouts write themselves out)."""
+        return self
+
+    def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """``sum_c s_c v_c**2`` at a parameter of ``shape``."""
+        dense = self.to_dense(shape)
+        return _signed_sum(dense.sign, dense.data.square())
+
+
 @dataclass
-class DenseColumns:
+class DenseColumns(ColumnBlock):
     """Columns ``data[c]`` (shape ``[C, *shape]``) with signs ``sign[c]``."""
 
     data: torch.Tensor
     sign: torch.Tensor
+
+    @property
+    def column_bytes(self) -> int:
+        return self.data[0].numel() * self.data.element_size()
+
+    def take(self, start: int, stop: int) -> DenseColumns:
+        return DenseColumns(self.data[start:stop], self.sign[start:stop])
 
     def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
         return self
@@ -55,9 +111,12 @@ class DenseColumns:
     def add(self, other: DenseColumns) -> DenseColumns:
         return DenseColumns(self.data + other.data, self.sign)
 
+    def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return _signed_sum(self.sign, self.data.square())
+
 
 @dataclass
-class SampleColumns:
+class SampleColumns(ColumnBlock):
     """Per-sample columns ``data[c, n]`` (``[C, N, *rest]``), signs ``[C, N]``."""
 
     data: torch.Tensor
@@ -66,6 +125,13 @@ class SampleColumns:
     @property
     def samples(self) -> int:
         return self.data.shape[1]
+
+    @property
+    def column_bytes(self) -> int:
+        return self.data[0].numel() * self.data.element_size()
+
+    def take(self, start: int, stop: int) -> SampleColumns:
+        return SampleColumns(self.data[start:stop], self.sign[start:stop])
 
     def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
         """The same ``C * N`` columns written out at full size (memory ``C N^2``)."""
@@ -78,15 +144,31 @@ class SampleColumns:
     def add(self, other: SampleColumns) -> SampleColumns:
         return SampleColumns(self.data + other.data, self.sign)
 
+    def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
+        # column (c, n) is zero off sample n: its square is the sample's square
+        return _signed_sum(self.sign, self.data.square())
+
 
 @dataclass
-class OuterColumns:
+class OuterColumns(ColumnBlock):
     """Column ``(c, n)`` is ``left[c, n] (x) right[c, n]``; ``C`` dims may be 1."""
 
     left: torch.Tensor  # [C or 1, N, a]
     right: torch.Tensor  # [C or 1, N, b]
     sign: torch.Tensor  # [C, N]
     transposed: bool = False  # column shape [b, a] instead of [a, b]
+
+    @property
+    def column_bytes(self) -> int:
+        return sum(t[0].numel() * t.element_size() for t in (self.left, self.right))
+
+    def take(self, start: int, stop: int) -> OuterColumns:
+        def cut(t):
+            return t if t.shape[0] == 1 else t[start:stop]
+
+        return OuterColumns(
+            cut(self.left), cut(self.right), self.sign[start:stop], self.transposed
+        )
 
     def transpose(self) -> OuterColumns:
         return OuterColumns(self.left, self.right, self.sign, not self.transposed)
@@ -102,13 +184,18 @@ class OuterColumns:
         cols = cols.expand(c, n, *cols.shape[2:])
         return DenseColumns(cols.reshape(c * n, *shape), self.sign.reshape(c * n))
 
+    def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if len(shape) == 2:
+            return _outer_diagonal([self])
+        return super().square_sum(shape)
+
 
 # samples per chunk of ProductColumns' squares: about this many entries at once
 _PRODUCT_CHUNK = 1 << 19
 
 
 @dataclass
-class ProductColumns:
+class ProductColumns(ColumnBlock):
     """Column ``(c, n)`` is ``left[c, n, g] @ right[n, g]^T`` over groups ``g``.
 
     ``left`` is ``[C, N, G, O, L]``, ``right`` ``[N, G, K, L]``; the column,
@@ -120,12 +207,24 @@ class ProductColumns:
     sign: torch.Tensor  # [C, N]
     shape: tuple[int, ...]
 
+    @property
+    def column_bytes(self) -> int:  # written out: N columns per slice
+        return self.sign.shape[1] * math.prod(self.shape) * self.left.element_size()
+
+    def take(self, start: int, stop: int) -> ProductColumns:
+        return ProductColumns(
+            self.left[start:stop], self.right, self.sign[start:stop], self.shape
+        )
+
     def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
         data = torch.einsum("cngol,ngkl->cngok", self.left, self.right)
         c, n = self.sign.shape
         return DenseColumns(data.reshape(c * n, *shape), self.sign.reshape(c * n))
 
-    def square_sum(self) -> torch.Tensor:
+    def written_out(self) -> DenseColumns:
+        return self.to_dense(self.shape)
+
+    def square_sum(self, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """``sum_{c,n} s[c, n] column(c, n)**2``, a chunk of samples at a time."""
         c, n, g, o, ell = self.left.shape
         k = self.right.shape[2]
@@ -141,8 +240,18 @@ class ProductColumns:
         return total.reshape(self.shape)
 
 
+class _Lazy(ColumnBlock):
+    """A layout that is written out only a slice at a time (``take``)."""
+
+    def written_out(self) -> ColumnBlock:
+        return self.take(0, self.count)
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        return self.written_out().to_dense(shape)
+
+
 @dataclass
-class DiagonalColumns:
+class DiagonalColumns(_Lazy):
     """The signed columns of ``diag(weights)``, per sample when there is a batch dim.
 
     Column ``j`` is ``e_j sqrt|w_j|`` with sign ``sign(w_j)``; with a batch
@@ -156,6 +265,10 @@ class DiagonalColumns:
     def count(self) -> int:
         shape = self.weights.shape
         return shape[1:].numel() if len(shape) >= 2 else shape.numel()
+
+    @property
+    def column_bytes(self) -> int:
+        return self.weights.numel() * self.weights.element_size()
 
     def take(self, start: int, stop: int) -> DenseColumns | SampleColumns:
         """Columns ``start:stop`` written out."""
@@ -176,55 +289,50 @@ class DiagonalColumns:
         return DenseColumns(data.reshape(k, *w.shape), flat.sign())
 
 
+@dataclass
+class RowColumns(_Lazy):
+    """Columns that each sit on one row of a value, written out a slice at a time.
+
+    ``factors[n, r, j]`` (``[N, R, J, K]``) is column ``j`` of row ``r`` of
+    sample ``n``, with sign ``signs[n, r, j]``; it is zero off that row.
+    ``join`` maps ``[C, N, R, K]`` back to ``[C, *shape]``. Column ``(r, j)``
+    is slice ``r * J + j``; per sample (``SampleColumns``) when ``per_sample``,
+    else ``N`` is 1 and the columns are dense.
+    """
+
+    factors: torch.Tensor
+    signs: torch.Tensor
+    join: Callable[[torch.Tensor], torch.Tensor]
+    per_sample: bool
+
+    @property
+    def count(self) -> int:
+        return self.factors.shape[1] * self.factors.shape[2]
+
+    @property
+    def column_bytes(self) -> int:
+        n, r, _, k = self.factors.shape
+        return n * r * k * self.factors.element_size()
+
+    @property
+    def sign(self) -> torch.Tensor:  # [R * J, N]
+        return self.signs.permute(1, 2, 0).reshape(self.count, -1)
+
+    def take(self, start: int, stop: int) -> DenseColumns | SampleColumns:
+        n, r, j, k = self.factors.shape
+        idx = torch.arange(start, stop, device=self.factors.device)
+        rows, cols = idx // j, idx % j
+        data = self.factors.new_zeros(stop - start, n, r, k)
+        picked = self.factors[:, rows, cols].transpose(0, 1)  # [C, N, K]
+        data[torch.arange(stop - start, device=idx.device), :, rows] = picked
+        sign = self.signs[:, rows, cols].T  # [C, N]
+        data = self.join(data)
+        if self.per_sample:
+            return SampleColumns(data, sign.contiguous())
+        return DenseColumns(data, sign.reshape(-1))
+
+
 Columns = DenseColumns | SampleColumns | OuterColumns | ProductColumns
-
-
-def column_count(block: Columns | DiagonalColumns) -> int:
-    """How many slices of the leading axis ``block`` has (``C``)."""
-    if isinstance(block, DiagonalColumns):
-        return block.count
-    if isinstance(block, OuterColumns | ProductColumns):
-        return block.sign.shape[0]
-    return block.data.shape[0]
-
-
-def column_bytes(block: Columns | DiagonalColumns) -> int:
-    """Bytes one slice of the leading axis takes once written out."""
-    if isinstance(block, DiagonalColumns):
-        w = block.weights
-        return w.numel() * w.element_size()
-    if isinstance(block, ProductColumns):  # written out: N columns per slice
-        return block.sign.shape[1] * math.prod(block.shape) * block.left.element_size()
-    tensors = (
-        (block.left, block.right) if isinstance(block, OuterColumns) else (block.data,)
-    )
-    return sum(t[0].numel() * t.element_size() for t in tensors)
-
-
-def take_columns(block: Columns | DiagonalColumns, start: int, stop: int) -> Columns:
-    """Columns ``start:stop`` of ``block`` along its leading axis."""
-    if isinstance(block, DiagonalColumns):
-        return block.take(start, stop)
-    if isinstance(block, OuterColumns):
-
-        def cut(t):
-            return t if t.shape[0] == 1 else t[start:stop]
-
-        return OuterColumns(
-            cut(block.left), cut(block.right), block.sign[start:stop], block.transposed
-        )
-    if isinstance(block, ProductColumns):
-        return ProductColumns(
-            block.left[start:stop], block.right, block.sign[start:stop], block.shape
-        )
-    return type(block)(block.data[start:stop], block.sign[start:stop])
-
-
-def written_out(block: Columns | DiagonalColumns) -> Columns:
-    """``block`` as a layout the rules act on (lazy diagonals written out whole)."""
-    if isinstance(block, DiagonalColumns):
-        return block.take(0, block.count)
-    return block
 
 
 def combine(parts: list[Columns], shape: tuple[int, ...]) -> Columns:
@@ -233,9 +341,7 @@ def combine(parts: list[Columns], shape: tuple[int, ...]) -> Columns:
     The same columns reached the node along different paths, so they add
     (before any squaring). Layouts that differ are written out densely first.
     """
-    parts = [  # the rules act on data: lazy products are written out
-        p.to_dense(shape) if isinstance(p, ProductColumns) else p for p in parts
-    ]
+    parts = [p.written_out() for p in parts]  # the rules act on data
     if len(parts) == 1:
         return parts[0]
     kinds = {type(p) for p in parts}
@@ -319,14 +425,11 @@ def _outer_diagonal(parts: list[OuterColumns]) -> torch.Tensor:
     return total
 
 
-def leaf_diagonal(parts: list[Columns], shape: tuple[int, ...]) -> torch.Tensor:
+def leaf_diagonal(parts: list[ColumnBlock], shape: tuple[int, ...]) -> torch.Tensor:
     """This source's share of a parameter's Hessian diagonal: ``sum_c s_c v_c^2``."""
-    if len(parts) == 1 and isinstance(parts[0], ProductColumns):
-        return parts[0].square_sum()
+    if len(parts) == 1:
+        return parts[0].square_sum(shape)
     if all(isinstance(p, OuterColumns) for p in parts) and len(shape) == 2:
         if len({p.sign.shape for p in parts}) == 1:
             return _outer_diagonal(parts)
-    block = combine(parts, shape)
-    if isinstance(block, OuterColumns):
-        block = block.to_dense(shape)
-    return _signed_sum(block.sign, block.data.square())
+    return combine(parts, shape).square_sum(shape)

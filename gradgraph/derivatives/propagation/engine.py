@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import os
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,17 +40,8 @@ import torch
 from ...graph import trace
 from ...nodes import ACCUMULATE_OP
 from ..params import ParamSet, as_params, check_scalar_loss
-from .base import OpContext, UnsupportedOpError
-from .columns import (
-    Columns,
-    column_bytes,
-    column_count,
-    combine,
-    concatenate,
-    leaf_diagonal,
-    take_columns,
-    written_out,
-)
+from .base import OpContext, UnsupportedOpError, call_backward
+from .columns import Columns, combine, concatenate, leaf_diagonal
 from .registry import rule_for
 
 __all__ = [
@@ -83,6 +76,45 @@ class _Plan:
             for child in graph.dag.successors(node):
                 bits |= self.reach[child]
             self.reach[node] = bits
+        self.element_size = loss.element_size()
+        self.grown = self._column_growth(graph)
+
+    def _bytes(self, node: int) -> int:
+        shape = self.shapes[node]
+        return (1 if shape is None else math.prod(shape)) * self.element_size
+
+    def _column_growth(self, graph) -> dict[int, int]:
+        """Node -> the most bytes one of its columns can take at or below it.
+
+        The largest node at or below, times the batch size when a node there
+        mixes the samples (its columns are written out one per sample).
+        """
+        largest: dict[int, int] = {}
+        samples: dict[int, int] = {}
+        for node in reversed(self.order):
+            if not self.reach[node]:
+                continue
+            size, n = self._bytes(node), 1
+            rule = rule_for(type(self.fns[node]).__name__)
+            if rule is not None and rule.mixes_samples(self.fns[node]):
+                n = (self.shapes[node] or (1,))[0]
+            for child in graph.dag.successors(node):
+                if self.reach[child]:
+                    size = max(size, largest[child])
+                    n = max(n, samples[child])
+            largest[node], samples[node] = size, n
+        return {node: largest[node] * samples[node] for node in largest}
+
+    def peak_bytes(self, chunk_bytes: int) -> int:
+        """About the most memory the sweep holds at once, before it runs.
+
+        The gradient at every node, plus a few slices of columns: a slice is
+        ``chunk_bytes`` or, where one column alone is larger, one column.
+        """
+        nodes = self.relevant()
+        held = sum(self._bytes(n) for n in nodes)
+        one_column = max((self.grown[n] for n in nodes), default=0)
+        return held + 4 * max(chunk_bytes, one_column)
 
     def _param_nodes(self) -> dict[int, int]:
         """AccumulateGrad node -> the parameter's bit (1 << its position)."""
@@ -92,7 +124,9 @@ class _Plan:
             if type(fn).__name__ == ACCUMULATE_OP
         }
         leaf: dict[int, int] = {}
-        self.positions: dict[int, int] = {}
+        # a tensor listed under several names (tied weights) is one node:
+        # each of its names gets the whole diagonal
+        self.positions: dict[int, list[int]] = {}
         for k, (name, tensor) in enumerate(
             zip(self.params.names, self.params.tensors, strict=True)
         ):
@@ -110,8 +144,27 @@ class _Plan:
                     "to get zeros for it, or leave it out of params."
                 )
             leaf[node] = leaf.get(node, 0) | (1 << k)
-            self.positions[node] = k
+            self.positions.setdefault(node, []).append(k)
         return leaf
+
+    def over_budget(self) -> str | None:
+        """Why the sweep would not fit in memory (None: it would)."""
+        need, budget = self.peak_bytes(CHUNK_BYTES), memory_budget()
+        if need <= budget:
+            return None
+        return (
+            f"memory: propagation needs about {need / 2**30:.1f} GiB at once, over "
+            f"the budget of {budget / 2**30:.1f} GiB (one column is a whole "
+            "activation per sample where BatchNorm in training mode mixes the "
+            "samples): use a smaller batch, the model in eval() mode, or another "
+            "method; the budget is gradgraph.derivatives.propagation.engine."
+            "MEMORY_BUDGET"
+        )
+
+    def obstacles(self) -> list[str]:
+        """Everything that stops propagation here: ops without a rule, memory."""
+        memory = self.over_budget()
+        return self.missing_rules() + ([] if memory is None else [memory])
 
     def relevant(self) -> list[int]:
         return [n for n in self.order if self.reach[n]]
@@ -143,13 +196,18 @@ class _Plan:
 def unsupported_ops(loss: torch.Tensor, params: Any) -> list[str]:
     """Ops between ``loss`` and ``params`` that have no curvature rule (sorted).
 
+    When every op has one but the sweep would need more memory than
+    ``MEMORY_BUDGET``, the one entry says so (``"memory: ..."``). An empty
+    list means propagation runs.
+
     Example:
         >>> import torch
         >>> w = torch.ones(2, requires_grad=True)
         >>> unsupported_ops(torch.atan(w).sum(), w)
         ['AtanBackward0']
     """
-    return _Plan(loss, params).missing_rules()
+    with _graph_alive():
+        return _Plan(loss, params).obstacles()
 
 
 def _no_rule(op: str) -> UnsupportedOpError:
@@ -158,6 +216,24 @@ def _no_rule(op: str) -> UnsupportedOpError:
         "through it; use hessian_diagonal(..., method='auto') to fall back to the "
         "general exact method."
     )
+
+
+# The sweep does not start when its plan (_Plan.peak_bytes) needs more than
+# this many bytes; None: half of the memory available when it is planned.
+MEMORY_BUDGET: int | None = None
+
+
+def memory_budget() -> int:
+    """``MEMORY_BUDGET``, or half of the memory the system has available now."""
+    if MEMORY_BUDGET is not None:
+        return MEMORY_BUDGET
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(s.split()[1]) for s in f if s.startswith("MemAvailable:"))
+        return kib * 1024 // 2
+    except (OSError, StopIteration, ValueError):  # not Linux: physical memory
+        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        return max(pages * os.sysconf("SC_PAGE_SIZE") // 2, 1 << 30)
 
 
 # A source's columns travel in slices of about this many bytes once they are
@@ -183,17 +259,20 @@ def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
         fn = fns[node]
         if fn is loss_fn:
             grad = torch.ones_like(plan.loss)
+        if grad is None:  # only outputs that nothing on the way reads
+            continue
         children: list[int | None] = [None] * len(fn.next_functions)
         for pos, (child_fn, _) in enumerate(fn.next_functions):
             if child_fn is None or not reach[index[child_fn]]:
                 continue
             children[pos] = index[child_fn]
         # ops with several outputs (group norm's mean and rstd) take one grad each
-        grads_in = fn(grad, *[None] * (len(fn._input_metadata) - 1))
-        grads_in = grads_in if isinstance(grads_in, tuple) else (grads_in,)
+        grads_in = call_backward(fn, grad, *[None] * (len(fn._input_metadata) - 1))
         in_shapes: list[tuple[int, ...] | None] = [None] * len(children)
         for pos, child in enumerate(children):
-            if child is not None:
+            if child is not None and grads_in[pos] is None:
+                children[pos] = None  # an input this output does not depend on
+            elif child is not None:
                 shape = plan.shapes[child]
                 g = grads_in[pos]
                 if shape is not None and tuple(g.shape) != shape:
@@ -209,32 +288,26 @@ def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
             memo={},
         )
         contexts[node] = (ctx, children)
-    _mask_relus_at_pools(plan, contexts)
+    _fuse_masks(plan, contexts)
     return contexts
 
 
-_MAX_POOLS = {"MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0"}
-
-
-def _mask_relus_at_pools(plan: _Plan, contexts: dict) -> None:
-    """A ReLU read only by max pools: the pools apply its mask on their smaller
-    columns, so the ReLU's own pullback (a pass over its larger ones) is skipped.
-
-    Exact: a pooled column lands on window maxima only, where the ReLU's
-    derivative is the mask the pool applied.
+def _fuse_masks(plan: _Plan, contexts: dict) -> None:
+    """A node whose derivative is a 0/1 mask (``Rule.positive_mask``, a ReLU)
+    read only by nodes that apply that mask themselves (``Rule.takes_input_mask``,
+    a max pool): they mask their smaller columns, and the node's own pullback
+    (a pass over its larger ones) is skipped.
     """
     for node, (ctx, _) in contexts.items():
-        if ctx.op != "ReluBackward0":
+        if not rule_for(ctx.op).positive_mask:
             continue
-        pools = [contexts.get(c, (None,))[0] for c in plan.consumers[node]]
-        if pools and all(p is not None and p.op in _MAX_POOLS for p in pools):
+        users = [contexts.get(c, (None,))[0] for c in plan.consumers[node]]
+        if users and all(
+            u is not None and rule_for(u.op).takes_input_mask for u in users
+        ):
             ctx.premasked = True
-            for pool in pools:
-                pool.mask_relu_input = True
-
-
-def _size(parts: list) -> int:
-    return sum(column_count(p) * column_bytes(p) for p in parts)
+            for user in users:
+                user.mask_input = True
 
 
 class _Drain:
@@ -251,8 +324,10 @@ class _Drain:
         self.orders: dict[frozenset[int], list[int]] = {}
 
     def to_leaf(self, node: int, parts: list[Columns]) -> None:
-        k = self.plan.positions[node]
-        self.diagonal[k] += leaf_diagonal(parts, tuple(self.diagonal[k].shape))
+        first, *others = self.plan.positions[node]
+        share = leaf_diagonal(parts, tuple(self.diagonal[first].shape))
+        for k in (first, *others):
+            self.diagonal[k] += share
 
     def _order(self, starts: frozenset[int]) -> list[int]:
         """``starts`` and every node below them, in the propagation's order."""
@@ -267,23 +342,28 @@ class _Drain:
             self.orders[starts] = [n for n in self.plan.relevant() if n in below]
         return self.orders[starts]
 
+    def _column_bytes(self, start: dict[int, list]) -> int:
+        """Bytes one column of ``start`` takes at its largest on the way down."""
+        here = sum(p.column_bytes for parts in start.values() for p in parts)
+        return max(here, max(self.plan.grown[n] for n in start))
+
     def worth_it(self, start: dict[int, list]) -> bool:
-        """Large enough to slice, and sliceable (every part has the same columns)."""
-        counts = {column_count(p) for parts in start.values() for p in parts}
-        total = sum(_size(parts) for parts in start.values())
-        return len(counts) == 1 and total > self.chunk_bytes
+        """Large enough to slice (here or further down), and sliceable (every
+        part has the same columns)."""
+        counts = {p.count for parts in start.values() for p in parts}
+        if len(counts) != 1:
+            return False
+        return max(counts) * self._column_bytes(start) > self.chunk_bytes
 
     def __call__(self, start: dict[int, list]) -> None:
         """Propagate the columns ``start`` holds (node -> parts) to the parameters."""
         parts = [p for ps in start.values() for p in ps]
-        count = column_count(parts[0])
-        step = max(1, self.chunk_bytes // max(1, sum(map(column_bytes, parts))))
+        count = parts[0].count
+        step = max(1, self.chunk_bytes // max(1, self._column_bytes(start)))
         order = self._order(frozenset(start))
         for first in range(0, count, step):
             last = min(first + step, count)
-            pending = {
-                n: [take_columns(p, first, last) for p in ps] for n, ps in start.items()
-            }
+            pending = {n: [p.take(first, last) for p in ps] for n, ps in start.items()}
             for node in order:
                 arrived = pending.pop(node, None)
                 if arrived is None:
@@ -308,6 +388,9 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
     missing = plan.missing_rules()
     if missing:
         raise _no_rule(missing[0])
+    memory = plan.over_budget()
+    if memory is not None:
+        raise UnsupportedOpError(memory)
     contexts = _contexts(plan)
     pending: dict[int, dict[int, list[Columns]]] = {}
     holders: dict[int, set[int]] = {}  # source -> nodes that hold its columns
@@ -333,6 +416,8 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
         if node in plan.leaf:
             for parts in sources.values():
                 drain.to_leaf(node, parts)
+            continue
+        if node not in contexts:  # no gradient reaches it: nothing to carry
             continue
         ctx, children = contexts[node]
         rule = rule_for(ctx.op)
@@ -362,7 +447,7 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
                 continue
             for child, parts in start.items():
                 for block in parts:
-                    deliver(child, next_source, written_out(block))
+                    deliver(child, next_source, block.written_out())
             next_source += 1
     return diagonal
 
@@ -401,7 +486,8 @@ def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False)
     """The method ``hessian_diagonal(..., method="auto")`` uses for this loss.
 
     ``"propagate"`` when every op between ``loss`` and ``params`` has a
-    curvature rule, else ``"exact"`` (one HVP row per entry).
+    curvature rule and the sweep fits in ``MEMORY_BUDGET``, else ``"exact"``
+    (one HVP row per entry).
 
     Example:
         >>> import torch
@@ -410,8 +496,8 @@ def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False)
         ('propagate', 'exact')
     """
     with _graph_alive():
-        missing = _Plan(loss, params, allow_unused).missing_rules()
-    return "exact" if missing else "propagate"
+        obstacles = _Plan(loss, params, allow_unused).obstacles()
+    return "exact" if obstacles else "propagate"
 
 
 def propagated_hessian_diagonal(

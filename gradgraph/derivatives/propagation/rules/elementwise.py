@@ -137,8 +137,13 @@ class Elementwise(Rule):
     ``derivatives(fn)`` returns ``(f'(x), f''(x))`` from what the node saved.
     """
 
-    def __init__(self, derivatives: Callable[[Any], tuple[torch.Tensor, Any]]):
+    def __init__(
+        self,
+        derivatives: Callable[[Any], tuple[torch.Tensor, Any]],
+        positive_mask: bool = False,
+    ):
         self.derivatives = derivatives
+        self.positive_mask = positive_mask  # f'(x) is the mask f(x) > 0
 
     def _d(self, ctx):
         if "d" not in ctx.memo:
@@ -248,7 +253,7 @@ register(Multiply(), "MulBackward0")
 register(Divide(), "DivBackward0")
 register(Elementwise(_tanh), "TanhBackward0")
 register(Elementwise(_sigmoid), "SigmoidBackward0")
-register(Elementwise(_relu), "ReluBackward0")
+register(Elementwise(_relu, positive_mask=True), "ReluBackward0")
 register(Elementwise(_exp), "ExpBackward0")
 register(Elementwise(_reciprocal), "ReciprocalBackward0")
 register(

@@ -39,7 +39,13 @@ from dataclasses import dataclass
 import torch
 
 from ..base import OpContext, Rule
-from ..columns import Columns, DenseColumns, OuterColumns, SampleColumns
+from ..columns import (
+    Columns,
+    DenseColumns,
+    OuterColumns,
+    RowColumns,
+    SampleColumns,
+)
 from ..registry import register
 
 
@@ -215,20 +221,7 @@ class _Normalization(Rule):
             [centred, pairs[0][0].unsqueeze(2), pairs[1][0].unsqueeze(2)], dim=2
         )  # [N, R, K + 2, K]
         signs = torch.cat([(-a.sign()).expand_as(xhat), pairs[0][1], pairs[1][1]], -1)
-        return {0: self._row_columns(rows, factors, signs)}
-
-    @staticmethod
-    def _row_columns(rows: _Rows, factors: torch.Tensor, signs: torch.Tensor):
-        """Columns ``factors[n, r, j]`` (``[N, R, J, K]``), each on one row ``r``."""
-        n, r, j, k = factors.shape
-        data = factors.new_zeros(r, j, n, r, k)
-        idx = torch.arange(r, device=factors.device)
-        data[idx, :, :, idx] = factors.permute(1, 2, 0, 3)
-        data = rows.join(data.reshape(r * j, n, r, k))  # [R * J, *shape]
-        sign = signs.permute(1, 2, 0).reshape(r * j, n)
-        if rows.per_sample:
-            return SampleColumns(data, sign)
-        return DenseColumns(data, sign.reshape(-1))
+        return {0: RowColumns(factors, signs, rows.join, rows.per_sample)}
 
 
 class LayerNorm(_Normalization):
@@ -257,6 +250,9 @@ class BatchNorm(_Normalization):
 
     def rows(self, fn):
         return _batch_norm_rows(fn)
+
+    def mixes_samples(self, fn):
+        return bool(fn._saved_training)
 
     def _state(self, ctx):
         fn = ctx.fn

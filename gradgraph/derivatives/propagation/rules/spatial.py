@@ -175,9 +175,11 @@ class MaxPool(Rule):
 
     Piecewise linear, so no residual; the columns scatter (and add, where
     windows overlap) to the argmax positions the node saved. Over a ReLU
-    (``ctx.mask_relu_input``) the ReLU's 0/1 derivative is applied here, on
+    (``ctx.mask_input``) the ReLU's 0/1 derivative is applied here, on
     the pooled columns, which are smaller than the ReLU's.
     """
+
+    takes_input_mask = True
 
     def pullback(self, ctx, block, pos):
         if isinstance(block, OuterColumns):
@@ -187,7 +189,7 @@ class MaxPool(Rule):
         in_shape = ctx.in_shapes[0]
         lead = in_shape[: len(in_shape) - spatial]
         data = block.data.reshape(block.data.shape[0], *lead, -1)
-        if ctx.mask_relu_input:  # the ReLU below passes on what arrives
+        if ctx.mask_input:  # the ReLU below passes on what arrives
             data = data * self._relu_mask(ctx, lead)
         index = indices.reshape(1, *lead, -1).expand_as(data)
         out = data.new_zeros(

@@ -1,0 +1,136 @@
+"""Memory is a plan: BatchNorm-in-training columns travel in slices, and a sweep
+that would not fit in the memory budget is refused before it starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+import gradgraph
+from gradgraph.derivatives.propagation import UnsupportedOpError, engine
+
+from .model_reference import assert_propagates_exactly, flat
+from .reference import dense_hessian
+
+F = nn.functional
+
+torch.manual_seed(0)
+IMAGES = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+LABELS = torch.tensor([0, 2, 1])
+
+
+def bn_train_cnn():
+    torch.manual_seed(1)
+    return (
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.Tanh(),
+            nn.Conv2d(3, 3, 3),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(3, 3),
+        )
+        .double()
+        .train()
+    )
+
+
+def cross_entropy(out):
+    return F.cross_entropy(out, LABELS)
+
+
+def test_batch_norm_training_columns_in_small_slices_are_exact(monkeypatch):
+    slices = []
+    call = engine._Drain.__call__
+
+    def counted(self, start):
+        slices.append(start)
+        return call(self, start)
+
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(engine._Drain, "__call__", counted)
+    assert_propagates_exactly(bn_train_cnn(), cross_entropy, IMAGES)
+    assert slices  # the sliced path ran
+
+
+def test_over_the_memory_budget_the_sweep_is_refused_and_auto_falls_back(
+    monkeypatch,
+):
+    model = bn_train_cnn()
+    expected = dense_hessian(model, cross_entropy, IMAGES).diagonal()
+    monkeypatch.setattr(engine, "MEMORY_BUDGET", 1 << 10)
+    loss = cross_entropy(model(IMAGES))
+    assert gradgraph.diagonal_method(loss, model) == "exact"
+    (reason,) = gradgraph.unsupported_ops(loss, model)
+    assert reason.startswith("memory: propagation needs about")
+    with pytest.raises(UnsupportedOpError, match="MEMORY_BUDGET"):
+        gradgraph.hessian_diagonal(loss, model, method="propagate")
+    auto = gradgraph.hessian_diagonal(loss, model, progress=False)
+    torch.testing.assert_close(flat(auto), expected)
+
+
+def test_the_plan_counts_batch_norm_training_as_one_column_per_sample():
+    model = bn_train_cnn()
+    loss = cross_entropy(model(IMAGES))
+    train = engine._Plan(loss, model).peak_bytes(0)
+    model.eval()
+    loss = cross_entropy(model(IMAGES))
+    evaluation = engine._Plan(loss, model).peak_bytes(0)
+    assert train > evaluation  # columns below a training BatchNorm are N-fold
+
+
+# A Conv-BatchNorm(train)-ReLU net on 4 images of 16 x 16 (float32). The
+# BatchNorm's own curvature is 8 x (4 * 16 * 16 + 2) columns of 8 x 1024 floats:
+# 256 MiB written out at once, as before slicing (the peak was 320 MiB). The
+# child reports the growth of its peak resident set (VmHWM, reset after a
+# warm-up run) during propagation.
+PEAK_CHILD = textwrap.dedent(
+    """
+    import torch, torch.nn as nn
+    from gradgraph.derivatives.propagation import propagated_hessian_diagonal
+
+    torch.manual_seed(0)
+    width, side, batch = 8, 16, 4
+    model = nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, 10),
+    ).train()
+    x, y = torch.randn(batch, 3, side, side), torch.randint(0, 10, (batch,))
+
+    def run():
+        loss = nn.functional.cross_entropy(model(x), y)
+        return propagated_hessian_diagonal(loss, model)
+
+    def kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(s.split()[1]) for s in f if s.startswith(field + ":"))
+
+    run()
+    before = kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    run()
+    print((kib("VmHWM") - before) / 2**10)
+    """
+)
+
+
+def test_batch_norm_training_peak_memory_is_bounded_by_a_slice():
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    peak_mib = float(out.stdout.split()[-1])
+    written_out_mib = 8 * (4 * 16 * 16 + 2) * 8 * 1024 * 4 / 2**20
+    assert peak_mib < written_out_mib / 2, peak_mib
