@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 from gradgraph.derivatives.propagation import engine
 
 from . import test_propagate, test_propagate_norm, test_propagate_spatial
 from .model_reference import assert_propagates_exactly
+from .peak_memory import peak_growth_mib
 
 CASES = [
     *(("mlp", name) for name in sorted(test_propagate.MODELS)),
@@ -51,8 +48,7 @@ def test_one_column_at_a_time_gives_the_exact_diagonal(kind, name, monkeypatch):
 # (98 MiB), 293 MiB for the three; carried whole, as before slicing, the peak
 # was 1.2 GiB. The child reports the growth of its peak resident set (VmHWM,
 # reset after a warm-up run has loaded torch's kernels) during propagation.
-PEAK_CHILD = textwrap.dedent(
-    """
+PEAK_CHILD = """
     import torch, torch.nn as nn
     from gradgraph.derivatives.propagation import propagated_hessian_diagonal
 
@@ -66,25 +62,10 @@ PEAK_CHILD = textwrap.dedent(
 
     def run():
         return propagated_hessian_diagonal(nn.functional.mse_loss(model(x), y), model)
-
-    def kib(field):
-        with open("/proc/self/status") as f:
-            return next(int(s.split()[1]) for s in f if s.startswith(field + ":"))
-
-    run()
-    before = kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    run()
-    print((kib("VmHWM") - before) / 2**10)
-    """
-)
+"""
 
 
 def test_peak_memory_is_bounded_by_a_slice_not_by_the_columns():
-    out = subprocess.run(
-        [sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True, check=True
-    )
-    peak_mib = float(out.stdout.split()[-1])
+    peak_mib = peak_growth_mib(PEAK_CHILD)
     one_layer_mib = 160 * 1000 * 160 * 4 / 2**20
     assert peak_mib < one_layer_mib, peak_mib

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 from .estimate import diagonal_estimate, progress_bar
 from .hvp import gradient_graph, hessian_matvec
 from .params import ParamSet, as_params
-from .propagation import diagonal_by_propagation, diagonal_method
+from .propagation import diagonal_by_propagation, propagation_obstacles
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -254,8 +255,15 @@ def _diagonal_auto(
     loss: torch.Tensor, ps: ParamSet, *, allow_unused: bool = False, **options: Any
 ) -> list[torch.Tensor]:
     """Propagation when every op has a curvature rule, else the exact rows."""
-    if diagonal_method(loss, ps, allow_unused=allow_unused) == "propagate":
+    obstacles = propagation_obstacles(loss, ps, allow_unused=allow_unused)
+    if not obstacles:
         return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
+    if obstacles[-1].startswith("memory:"):
+        warnings.warn(
+            f"hessian_diagonal: {obstacles[-1]}; computing exact HVP rows instead.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return _diagonal_exact(loss, ps, allow_unused=allow_unused, **options)
 
 

@@ -20,6 +20,7 @@ from .engine import (
     diagonal_method,
     ggn_diagonal,
     propagated_hessian_diagonal,
+    propagation_obstacles,
     unsupported_ops,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "diagonal_method",
     "ggn_diagonal",
     "propagated_hessian_diagonal",
+    "propagation_obstacles",
     "unsupported_ops",
 ]

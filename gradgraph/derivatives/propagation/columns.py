@@ -92,8 +92,8 @@ class ColumnBlock:
 
 
 @dataclass
-class DenseColumns(ColumnBlock):
-    """Columns ``data[c]`` (shape ``[C, *shape]``) with signs ``sign[c]``."""
+class _DataColumns(ColumnBlock):
+    """Columns held as one tensor ``data`` whose leading dim is the slices'."""
 
     data: torch.Tensor
     sign: torch.Tensor
@@ -102,36 +102,32 @@ class DenseColumns(ColumnBlock):
     def column_bytes(self) -> int:
         return self.data[0].numel() * self.data.element_size()
 
-    def take(self, start: int, stop: int) -> DenseColumns:
-        return DenseColumns(self.data[start:stop], self.sign[start:stop])
+    def take(self, start: int, stop: int) -> _DataColumns:
+        return type(self)(self.data[start:stop], self.sign[start:stop])
 
-    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
-        return self
-
-    def add(self, other: DenseColumns) -> DenseColumns:
-        return DenseColumns(self.data + other.data, self.sign)
+    def add(self, other: _DataColumns) -> _DataColumns:
+        return type(self)(self.data + other.data, self.sign)
 
     def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
+        # per-sample column (c, n) is zero off sample n: the sample's square
         return _signed_sum(self.sign, self.data.square())
 
 
 @dataclass
-class SampleColumns(ColumnBlock):
-    """Per-sample columns ``data[c, n]`` (``[C, N, *rest]``), signs ``[C, N]``."""
+class DenseColumns(_DataColumns):
+    """Columns ``data[c]`` (shape ``[C, *shape]``) with signs ``sign[c]``."""
 
-    data: torch.Tensor
-    sign: torch.Tensor
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        return self
+
+
+@dataclass
+class SampleColumns(_DataColumns):
+    """Per-sample columns ``data[c, n]`` (``[C, N, *rest]``), signs ``[C, N]``."""
 
     @property
     def samples(self) -> int:
         return self.data.shape[1]
-
-    @property
-    def column_bytes(self) -> int:
-        return self.data[0].numel() * self.data.element_size()
-
-    def take(self, start: int, stop: int) -> SampleColumns:
-        return SampleColumns(self.data[start:stop], self.sign[start:stop])
 
     def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
         """The same ``C * N`` columns written out at full size (memory ``C N^2``)."""
@@ -140,13 +136,6 @@ class SampleColumns(ColumnBlock):
         idx = torch.arange(n, device=self.data.device)
         out[:, idx, idx] = self.data
         return DenseColumns(out.reshape(c * n, *shape), self.sign.reshape(c * n))
-
-    def add(self, other: SampleColumns) -> SampleColumns:
-        return SampleColumns(self.data + other.data, self.sign)
-
-    def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
-        # column (c, n) is zero off sample n: its square is the sample's square
-        return _signed_sum(self.sign, self.data.square())
 
 
 @dataclass

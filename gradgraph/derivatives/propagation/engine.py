@@ -50,6 +50,7 @@ __all__ = [
     "diagonal_method",
     "ggn_diagonal",
     "propagated_hessian_diagonal",
+    "propagation_obstacles",
     "unsupported_ops",
 ]
 
@@ -206,8 +207,7 @@ def unsupported_ops(loss: torch.Tensor, params: Any) -> list[str]:
         >>> unsupported_ops(torch.atan(w).sum(), w)
         ['AtanBackward0']
     """
-    with _graph_alive():
-        return _Plan(loss, params).obstacles()
+    return propagation_obstacles(loss, params)
 
 
 def _no_rule(op: str) -> UnsupportedOpError:
@@ -482,6 +482,24 @@ def _graph_alive():
         ) from exc
 
 
+def propagation_obstacles(
+    loss: torch.Tensor, params: Any, allow_unused: bool = False
+) -> list[str]:
+    """What stops propagation for this loss: ops without a rule, or memory.
+
+    Empty when :func:`propagated_hessian_diagonal` runs (see
+    :func:`unsupported_ops`, which is this with ``allow_unused=False``).
+
+    Example:
+        >>> import torch
+        >>> w = torch.ones(2, requires_grad=True)
+        >>> propagation_obstacles(torch.atan(w).sum(), w)
+        ['AtanBackward0']
+    """
+    with _graph_alive():
+        return _Plan(loss, params, allow_unused).obstacles()
+
+
 def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False) -> str:
     """The method ``hessian_diagonal(..., method="auto")`` uses for this loss.
 
@@ -495,8 +513,7 @@ def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False)
         >>> diagonal_method(torch.tanh(w).sum(), w), diagonal_method(w.atan().sum(), w)
         ('propagate', 'exact')
     """
-    with _graph_alive():
-        obstacles = _Plan(loss, params, allow_unused).obstacles()
+    obstacles = propagation_obstacles(loss, params, allow_unused)
     return "exact" if obstacles else "propagate"
 
 
