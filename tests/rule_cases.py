@@ -40,12 +40,24 @@ class Case:
 
     op: Callable[..., torch.Tensor]
     inputs: tuple[torch.Tensor, ...]
-    # the same function where ``op``'s node has no double backward (fused SDPA)
+    # the same function, twice differentiable where ``op``'s node is not (fused
+    # SDPA), or the float64 math of an op torch runs in float32 only (oneDNN)
     reference: Callable[..., torch.Tensor] | None = None
+    float32_node: bool = False  # build the node from float32 copies of the inputs
 
     def build(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        inputs = [t.detach().clone().requires_grad_(True) for t in self.inputs]
+        dtype = torch.float32 if self.float32_node else torch.float64
+        inputs = [
+            t.detach().clone().to(dtype).requires_grad_(True) for t in self.inputs
+        ]
         return self.op(*inputs), inputs
+
+    def math(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]:
+        """The function and the float64 inputs the references differentiate."""
+        op = self.reference or self.op
+        if not self.float32_node:
+            return op, self.inputs
+        return op, tuple(t.float().double() for t in self.inputs)
 
 
 def case(op: Callable[..., torch.Tensor], *inputs) -> Case:
@@ -85,6 +97,39 @@ def _batch_norm(training: bool):
         (3,),
         (3,),
     )
+
+
+def _lstm_layer(reverse: bool, batch_first: bool = False) -> Case:
+    """oneDNN's fused LSTM layer (float32 only); torch's unfused float64 LSTM
+    (the backward direction: on the time-reversed sequence) is the reference.
+
+    The kernel is time-major whatever ``batch_first`` says (nn.LSTM transposes
+    a batch-first input first and passes the flag on)."""
+    steps, batch, width, hidden = 3, 2, 3, 2
+
+    def fused(x, w_ih, w_hh, b_ih, b_hh, h, c):
+        weights = (w_ih, w_hh, b_ih, b_hh, h, c)
+        flags = (reverse, [], 2, hidden, 1, True, False, batch_first, True)
+        return torch.mkldnn_rnn_layer(x, *weights, *flags)[0]
+
+    def unfused(x, w_ih, w_hh, b_ih, b_hh, h, c):
+        x = x.flip(0) if reverse else x
+        weights = [w_ih, w_hh, b_ih, b_hh]
+        out = torch.lstm(
+            x, (h[None], c[None]), weights, True, 1, 0.0, True, False, False
+        )
+        return out[0].flip(0) if reverse else out[0]
+
+    shapes = [
+        (steps, batch, width),
+        (4 * hidden, width),
+        (4 * hidden, hidden),
+        (4 * hidden,),
+        (4 * hidden,),
+        (batch, hidden),
+        (batch, hidden),
+    ]
+    return Case(fused, case(fused, *shapes).inputs, unfused, float32_node=True)
 
 
 CASES: dict[str, Case | list[Case]] = {
@@ -293,6 +338,12 @@ CASES: dict[str, Case | list[Case]] = {
     "ClampBackward1": case(lambda x: x.clamp(-0.5, 1.0), (3, 4)),
     "AbsBackward0": case(torch.abs, (3, 4)),
     "ToCopyBackward0": case(lambda x: torch.ops.aten._to_copy(x), (3, 4)),
+    # recurrent
+    "MkldnnRnnLayerBackward0": [
+        _lstm_layer(False),
+        _lstm_layer(True),
+        _lstm_layer(False, batch_first=True),
+    ],
 }
 
 # Rules whose node only a CUDA device builds: the same rule object as the

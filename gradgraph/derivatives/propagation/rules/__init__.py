@@ -14,6 +14,7 @@ from . import (
     linalg,  # noqa: F401
     loss,  # noqa: F401
     normalization,  # noqa: F401
+    recurrent,  # noqa: F401
     shape,  # noqa: F401
     spatial,  # noqa: F401
 )

@@ -1,0 +1,279 @@
+"""A model zoo: tiny configurations of the architectures people train today.
+
+Random init from a config, no downloads. Each builder returns a
+:class:`ZooModel`: the module, a function that runs the forward pass and
+returns a scalar loss, and the parameters (a name -> tensor dict).
+``reference_entries`` picks a few diagonal entries of every parameter
+tensor and computes them from Hessian-vector products (one double backward
+each), so a check of the propagated diagonal needs no dense Hessian.
+
+Example:
+    >>> case = build("lstm", torch.float64)
+    >>> case.loss().dtype, sum(p.numel() for p in case.params.values()) > 0
+    (torch.float64, True)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+F = nn.functional
+VOCAB, SEQ, WIDTH, BATCH = 64, 8, 32, 2
+
+
+@dataclass
+class ZooModel:
+    """One zoo entry: ``loss()`` runs the forward pass on fixed inputs."""
+
+    name: str
+    model: nn.Module
+    loss: Callable[[], torch.Tensor]
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.named_parameters())
+
+
+def _tokens(generator: torch.Generator) -> torch.Tensor:
+    """Token ids with the first and last vocabulary rows in use."""
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=generator)
+    ids[0, 0], ids[-1, -1] = 0, VOCAB - 1
+    return ids
+
+
+def _quiet(build: Callable[[], nn.Module]) -> nn.Module:
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # its notices about a config made from scratch
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return build()
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _next_token_loss(model, ids):
+    """Cross-entropy of each next token (a language model's training loss)."""
+
+    def loss():
+        logits = model(ids).logits[:, :-1]
+        return F.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+
+    return loss
+
+
+def gpt2(dtype, generator):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=WIDTH,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=SEQ,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="eager",
+    )
+    model = _quiet(lambda: GPT2LMHeadModel(config)).to(dtype).eval()
+    return model, _next_token_loss(model, _tokens(generator))
+
+
+def llama(dtype, generator):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=SEQ,
+        attn_implementation="eager",
+    )
+    model = _quiet(lambda: LlamaForCausalLM(config)).to(dtype).eval()
+    return model, _next_token_loss(model, _tokens(generator))
+
+
+def _mse_to_fixed(model, inputs, generator, read):
+    """Loss: mean squared distance of ``read(model(**inputs))`` to a fixed target."""
+    with torch.no_grad():
+        shape = read(model(**inputs)).shape
+    dtype = next(model.parameters()).dtype
+    target = torch.randn(shape, generator=generator).to(dtype)
+    return lambda: F.mse_loss(read(model(**inputs)), target)
+
+
+def bert(dtype, generator):
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * WIDTH,
+        vocab_size=VOCAB,
+        max_position_embeddings=SEQ,
+        attn_implementation="eager",
+    )
+    model = _quiet(lambda: BertModel(config, add_pooling_layer=False)).to(dtype).eval()
+    inputs = {"input_ids": _tokens(generator)}
+    return model, _mse_to_fixed(
+        model, inputs, generator, lambda out: out.last_hidden_state
+    )
+
+
+def vit(dtype, generator):
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * WIDTH,
+        attn_implementation="eager",
+    )
+    model = _quiet(lambda: ViTModel(config, add_pooling_layer=False)).to(dtype).eval()
+    images = torch.randn(BATCH, 3, 8, 8, generator=generator).to(dtype)
+    return model, _mse_to_fixed(
+        model, {"pixel_values": images}, generator, lambda out: out.last_hidden_state
+    )
+
+
+def resnet(dtype, generator):
+    """transformers' ResNet in training mode: BatchNorm on batch statistics."""
+    from transformers import ResNetConfig, ResNetModel
+
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+    )
+    model = _quiet(lambda: ResNetModel(config)).to(dtype).train()
+    images = torch.randn(4, 3, 16, 16, generator=generator).to(dtype)
+    return model, _mse_to_fixed(
+        model, {"pixel_values": images}, generator, lambda out: out.pooler_output
+    )
+
+
+class _Classifier(nn.Module):
+    """A sequence body, then a linear head on every position; cross-entropy."""
+
+    def __init__(self, body: nn.Module, width: int, recurrent: bool):
+        super().__init__()
+        self.body, self.head, self.recurrent = body, nn.Linear(width, 3), recurrent
+
+    def forward(self, x):
+        out = self.body(x)
+        return self.head(out[0] if self.recurrent else out)
+
+
+def _sequence_classifier(body, width, recurrent, dtype, generator, batch_first=True):
+    model = _Classifier(body, width, recurrent).to(dtype).train()
+    shape = (BATCH, SEQ, 6) if batch_first else (SEQ, BATCH, 6)
+    x = torch.randn(shape, generator=generator).to(dtype)
+    labels = torch.randint(0, 3, (BATCH * SEQ,), generator=generator)
+    return model, lambda: F.cross_entropy(model(x).reshape(-1, 3), labels)
+
+
+def transformer_encoder(dtype, generator):
+    """torch's encoder (training mode, no dropout): SDPA picks the CPU flash kernel."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=6, nhead=2, dim_feedforward=12, dropout=0.0, batch_first=True
+    )
+    body = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    return _sequence_classifier(body, 6, False, dtype, generator)
+
+
+def lstm(dtype, generator):
+    """nn.LSTM, 2 layers (time first): fused oneDNN layers in float32 on CPU."""
+    body = nn.LSTM(6, 5, num_layers=2)
+    return _sequence_classifier(body, 5, True, dtype, generator, batch_first=False)
+
+
+def gru(dtype, generator):
+    """nn.GRU, 2 layers (batch_first): cell ops on CPU, no fused node."""
+    body = nn.GRU(6, 5, num_layers=2, batch_first=True)
+    return _sequence_classifier(body, 5, True, dtype, generator)
+
+
+BUILDERS = {
+    "gpt2": gpt2,
+    "bert": bert,
+    "vit": vit,
+    "resnet": resnet,
+    "llama": llama,
+    "transformer_encoder": transformer_encoder,
+    "lstm": lstm,
+    "gru": gru,
+}
+
+
+def build(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> ZooModel:
+    """The zoo model ``name`` (a key of ``BUILDERS``), random init from ``seed``."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model, loss = BUILDERS[name](dtype, generator)
+    return ZooModel(name, model, loss)
+
+
+@contextmanager
+def twice_differentiable():
+    """Attention on the math backend, the one with a double backward."""
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def picks(params: dict[str, torch.Tensor], per_tensor: int = 3) -> dict[str, list]:
+    """A few flat indices of every tensor: its first, its last, and random ones."""
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for name, p in params.items():
+        n = p.numel()
+        extra = torch.randint(0, n, (max(0, per_tensor - 2),), generator=generator)
+        out[name] = sorted({0, n - 1, *extra.tolist()})
+    return out
+
+
+def reference_entries(
+    case: ZooModel, chosen: dict[str, list]
+) -> dict[str, torch.Tensor]:
+    """Hessian diagonal entries ``chosen`` (name -> flat indices), from HVP rows.
+
+    Entry ``i`` of tensor ``p`` is ``d/dp_i (dL/dp_i)``: one backward of the
+    gradient's graph each (forward on the twice-differentiable attention).
+    """
+    params = case.params
+    with twice_differentiable():
+        loss = case.loss()
+    names = list(chosen)
+    grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True)
+    out = {}
+    for name, grad in zip(names, grads, strict=True):
+        flat = grad.reshape(-1)
+        entries = []
+        for i in chosen[name]:
+            if not flat[i].requires_grad:  # the gradient there is a constant
+                entries.append(flat.new_zeros(()))
+                continue
+            (row,) = torch.autograd.grad(
+                flat[i], params[name], retain_graph=True, allow_unused=True
+            )
+            entries.append(flat.new_zeros(()) if row is None else row.reshape(-1)[i])
+        out[name] = torch.stack(entries)
+    return out
