@@ -10,7 +10,7 @@ downloads), float32 unless ``--dtype float64``:
   meets an op with no rule would fall back to HVP rows, and its row names
   the ops instead of timing minutes of rows;
 * HVP rows: the gradient with ``create_graph`` plus one double backward per
-  parameter entry (what ``method="exact"`` does), timed on a sample of
+  parameter entry (what ``method="rows"`` does), timed on a sample of
   ``--rows`` entries and extrapolated to all of them (marked "extrapolated");
   attention runs on the math backend there, the one with a double backward;
 * BackPACK ``DiagHessian``: only where ``backpack`` imports (the separate

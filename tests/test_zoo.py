@@ -27,15 +27,7 @@ TOLERANCE = 1e-8
 FLOAT32_INSIDE = {"vit": 1e-5, "llama": 1e-5}
 
 NEEDS = {
-    "gpt2": "needs Bmm, Cat, Embedding, Slice, Split (several outputs), Transpose",
-    "bert": "needs Bmm, Embedding, Transpose",
-    "vit": "needs Bmm, Cat, ToCopy, Transpose",
-    "llama": "needs Bmm, Cat, Embedding, Rsqrt, Slice, ToCopy, Transpose",
-    "transformer_encoder": "needs flash SDPA for CPU, Select, Transpose (and an "
-    "attention rule without forward-mode AD, whose jit decompositions warn)",
-    "lstm": "float64 nn.LSTM runs as cell ops: needs Stack, Unbind, "
-    "UnsafeSplit (several outputs)",
-    "gru": "needs Stack, TransposeBackward1, Unbind, UnsafeSplit (several outputs)",
+    "gru": "needs TransposeBackward1 (nn.GRU's in-place transpose_)",
 }
 
 

@@ -36,7 +36,11 @@ from .estimate import progress_bar
 from .gradient_hooks import check_gradient_hooks
 from .hvp import gradient_graph
 from .params import ParamSet, as_params, unused_hint
-from .propagation import diagonal_by_propagation, propagation_obstacles
+from .propagation import (
+    UnsupportedOpError,
+    diagonal_by_propagation,
+    propagation_obstacles,
+)
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -245,11 +249,15 @@ def _diagonal_propagated(
     progress: bool = True,
 ) -> list[torch.Tensor]:
     """Curvature propagation (no rows, no bar: ``batch_size``/``progress`` unused),
-    once no hook changes a gradient (propagation cannot see them) and no op on
-    the way blocks second derivatives (no method could get them)."""
-    check_second_order(loss, params=ps.tensors, what="the Hessian diagonal")
+    once no hook changes a gradient (propagation cannot see them). A node
+    without a rule that no method could differentiate twice (a once-differentiable
+    or compiled Function) raises :class:`~gradgraph.SecondOrderError`."""
     check_gradient_hooks(loss, ps.tensors)
-    return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
+    try:
+        return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
+    except UnsupportedOpError:  # a node no method can differentiate twice says so
+        check_second_order(loss, params=ps.tensors, what="the Hessian diagonal")
+        raise
 
 
 def _diagonal_exact(

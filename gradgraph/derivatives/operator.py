@@ -44,7 +44,6 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from tqdm.auto import tqdm
 
-from ..blockers import check_second_order
 from ..deprecation import warn_renamed
 from .estimate import (
     DIAGONAL_ESTIMATORS,
@@ -408,7 +407,6 @@ class _LossHessian(HessianOperator):
     ) -> None:
         super().__init__(params, progress=progress, allow_unused=allow_unused)
         check_scalar_loss(loss)
-        check_second_order(loss, params=self.params.tensors, what="hessian_operator")
         self._only = BatchLoss(loss, 1, self.params, allow_unused)
 
     def _sources(self) -> Iterable[Any]:
