@@ -161,7 +161,10 @@ def saved_lines(fact: dict) -> tuple[str, list[str]]:
         return fact["attr"], ["freed by backward()"]
     size = shape_text(fact["dtype"], fact["shape"])
     of = f" · {fact['of']}" if fact.get("of") else ""
-    return fact["attr"], [f"{size}{of}", _bytes(fact["nbytes"])]
+    held = _bytes(fact["nbytes"])
+    if fact.get("packed"):
+        held += f" · packed by a hook ({fact['packed']})"
+    return fact["attr"], [f"{size}{of}", held]
 
 
 def _bytes(n: int) -> str:
