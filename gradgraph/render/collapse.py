@@ -106,7 +106,11 @@ def _collapse(
 
     keep = "modules" in steps
     out = fold_to_budget(graph, max_nodes, depth, keep_leaves=keep, min_chain=min_chain)
-    return fold_chains(out, min_chain) if "chains" in steps else out
+    if "chains" not in steps:
+        return out
+    if max_nodes is None:
+        return fold_chains(out, min_chain)
+    return _fit_chains(out, max_nodes, min_chain) or out  # pieces use the budget
 
 
 def _depth(module: str) -> int:

@@ -72,8 +72,9 @@ def node_modules(graph: GradGraph) -> dict[int, str]:
                 out[node] = name.rsplit(".", 1)[0]
             continue
         inputs = dag._succ[node]
-        params = [out[v] for v in inputs if dag._node[v]["kind"] == "accumulate"]
-        params = [p for p in params if p]
+        params = [
+            out[v] for v in inputs if v in out and dag._node[v]["kind"] == "accumulate"
+        ]
         if params:
             out[node] = _common(params)
             continue
@@ -203,6 +204,7 @@ class _Plan:
         self.depth = depth
         self.keep_leaves = keep_leaves
         self.expanded: set[str] = set()
+        self.searched: set[str] = set()
         self.runs: list[list[tuple[str, ...]]] = []
         self.run_of: dict[str, tuple[int, int]] = {}  # child -> (run, block)
         self.shown: list[int] = []  # per run: leading blocks drawn one by one
@@ -226,7 +228,14 @@ class _Plan:
         return self.depth is None or self.level(module) < self.depth
 
     def expand(self, module: str) -> None:
+        self.find_runs(module)
         self.expanded.add(module)
+
+    def find_runs(self, module: str) -> None:
+        """Note the runs of repeated children of ``module`` (once)."""
+        if module in self.searched:
+            return
+        self.searched.add(module)
         for run in self.tree.runs(module):
             index = len(self.runs)
             self.runs.append(run)
@@ -237,6 +246,7 @@ class _Plan:
 
     def items(self, module: str) -> int:
         """Boxes an expanded ``module`` adds directly (not counting below)."""
+        self.find_runs(module)
         count = len(self.tree.direct[module])
         for child in self.tree.children[module]:
             place = self.run_of.get(child)
