@@ -30,12 +30,13 @@ from .expansion import expand, order_summary, trace_orders
 from .graph import GradGraph, trace
 from .modules import record_modules
 from .recorder import record_backward, recording
-from .render.dot import DotNotFoundError
-from .render.dropin import make_dot
+from .render.dot import DotFailedError, DotNotFoundError
+from .render.dropin import make_dot, make_dot_from_trace
 from .retain import explain_retain_graph
 
 __all__ = [
     "Curvature",
+    "DotFailedError",
     "DotNotFoundError",
     "GradGraph",
     "SpectralDensity",
@@ -54,6 +55,7 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "make_dot",
+    "make_dot_from_trace",
     "order_summary",
     "propagated_hessian_diagonal",
     "record_backward",

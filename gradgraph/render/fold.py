@@ -211,15 +211,21 @@ class _Plan:
 
     def level(self, module: str) -> int:
         """Depth of ``module`` counting only modules that are a level of their
-        own: not a container without ops (``ModuleList``), not a wrapper of
-        one submodule."""
-        tree, level = self.tree, 0
+        own: not a wrapper of one submodule, not the only submodule of its
+        parent, not a list of numbered blocks without ops (``ModuleList``)."""
+        tree, level, parent = self.tree, 0, ""
         parts = module.split(".")
         for k in range(1, len(parts) + 1):
             name = ".".join(parts[:k])
-            kids = len(tree.children[name])
-            if not (kids == 1 or kids and not tree.direct[name]):
+            kids = tree.children[name]
+            listing = (
+                kids
+                and not tree.direct[name]
+                and all(k.rpartition(".")[2].isdigit() for k in kids)
+            )
+            if not (len(kids) == 1 or len(tree.children[parent]) == 1 or listing):
                 level += 1
+            parent = name
         return level
 
     def expandable(self, module: str) -> bool:
@@ -387,8 +393,9 @@ def fold_to_budget(
         graph: the traced graph (left unchanged).
         max_nodes: the box budget (None: no limit, only ``depth`` folds).
         depth: expand modules down to ``depth`` levels (``depth=1``: the
-            top-level modules stay boxes); containers without ops of their own
-            (``ModuleList``) and wrappers of one submodule are not a level.
+            top-level modules stay boxes); wrappers of one submodule, only
+            children and lists of numbered blocks (``ModuleList``) are not a
+            level.
         keep_leaves: never expand a module without submodules.
         min_chain: shortest chain of loose ops folded when over budget.
     """
