@@ -117,7 +117,7 @@ def _box_lines(data: dict) -> tuple[str, list[str]]:
     shape = _shapes(data)
     name = data.get("name")
     if kind == "accumulate":
-        return (name or "AccumulateGrad"), [shape]
+        return _within(name or "AccumulateGrad", data.get("cluster")), [shape]
     if kind in ("chain", "module", "more"):
         count = len(data["members"])
         size = f"{count:,} node{'' if count == 1 else 's'}"
@@ -332,10 +332,12 @@ def dot_lines(
     writer = _NodeWriter(look, extra or {})
     known = {m for _, m in dag.nodes(data="module") if m} if clusters else set()
     groups: dict[int | None, dict[str, list[int]]] = {}
+    where: dict[int, str] = {}
     for node, data in sorted(dag.nodes(data=True)):
         module = _cluster_module(data, known) if clusters else None
         order = data.get("order") if clusters else None
         groups.setdefault(order, {}).setdefault(module or "", []).append(node)
+        where[node] = module or ""
 
     def emit(nodes: list[int], indent: str) -> None:
         data_of = dag._node
@@ -370,7 +372,8 @@ def dot_lines(
                 emit(value, pad)
         if order is not None:
             lines.append("\t}\n")
-    lines.extend(_edge_lines(graph, edge_labels, look, flow == "forward"))
+    spaced = where if len(groups.get(None, groups.get(0, {}))) > 1 else None
+    lines.extend(_edge_lines(graph, edge_labels, look, flow == "forward", spaced))
     return lines
 
 
@@ -424,9 +427,19 @@ def _module_tree(by_module: dict[str, list[int]]) -> Iterator[tuple]:
 
 
 def _edge_lines(
-    graph: GradGraph, edge_labels: bool, look: Theme, forward: bool
+    graph: GradGraph,
+    edge_labels: bool,
+    look: Theme,
+    forward: bool,
+    where: dict[int, str] | None = None,
 ) -> list[str]:
-    """One line per edge, in id order; ``forward`` writes it input -> consumer."""
+    """One line per edge, in id order; ``forward`` writes it input -> consumer.
+
+    With ``where`` (node -> module cluster), an edge between two clusters
+    spans two ranks, leaving a rank for the parameters of the next block:
+    otherwise they share a rank with the previous block's output, the two
+    clusters overlap in height and dot sets them side by side (a staircase).
+    """
     dag = graph.dag
     out = []
     succ = dag._succ
@@ -442,6 +455,8 @@ def _edge_lines(
             attrs = styles[kind]
             if edge_labels and "input_nr" in data:
                 attrs = f"{attrs} {_edge_label(dag.nodes[v], data, look)}".strip()
+            if where is not None and where[u] != where[v] and kind is None:
+                attrs = f"{attrs} minlen=2".strip()
             attrs = f" [{attrs}]" if attrs else ""
             line = f"\tn{v} -> n{u}{attrs}\n" if forward else f"\tn{u} -> n{v}{attrs}\n"
             out.append(line)
