@@ -125,7 +125,7 @@ class _Tree:
             self.size[module] = len(self.direct[module]) + sum(
                 self.size[c] for c in self.children[module]
             )
-        self.ops = {n: d["op"] for n, d in graph.dag._node.items()}
+        self.ops = {n: (d["op"], d.get("shape")) for n, d in graph.dag._node.items()}
         self.succ = graph.dag._succ
         self._sig: dict[str, tuple] = {}
 
@@ -148,7 +148,8 @@ class _Tree:
         return out
 
     def signature(self, module: str) -> tuple:
-        """Ops by relative module path: equal for blocks with the same structure."""
+        """Ops and shapes by relative module path: equal for blocks with the same
+        structure (ResNet stages of different widths differ)."""
         sig = self._sig.get(module)
         if sig is None:
             cut = len(module) + 1
