@@ -160,7 +160,9 @@ class GradGraph:
         return to_html(self, path, **options)
 
     def _repr_svg_(self) -> str:
-        return self.to_svg()  # folded to the default budget, like render()
+        from .render.html import NOTEBOOK_MAX_NODES  # the budget of _repr_html_
+
+        return self.to_svg(max_nodes=NOTEBOOK_MAX_NODES)
 
     def _repr_html_(self) -> str:
         from .render.html import notebook_html

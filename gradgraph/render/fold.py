@@ -3,7 +3,8 @@
 Every node belongs to a module: the one :func:`gradgraph.record_modules`
 recorded, or, when none was recorded, one inferred from parameter names (an
 op that reads a parameter ``h.3.attn.weight`` is in ``h.3.attn``; an op with
-no parameter input goes with its most recently created input). The dotted
+no parameter input goes with its most recently created input, except the
+single-input ops that end the graph, like a loss, which stay on top). The dotted
 names form a tree. The picture starts with every top-level module folded into
 one box, then expands the biggest box while the total stays within the
 budget (``max_nodes``) and the module is shallower than ``depth``:
@@ -64,9 +65,12 @@ def node_modules(graph: GradGraph) -> dict[int, str]:
             if module:
                 out[node] = module
         return out
+    tail = _tail(graph)
     for node in inputs_first(graph):
         data = dag._node[node]
         name = data.get("name")
+        if node in tail:
+            continue
         if data["kind"] == "accumulate":
             if name and "." in name and not data.get("input"):
                 out[node] = name.rsplit(".", 1)[0]
@@ -86,6 +90,23 @@ def node_modules(graph: GradGraph) -> dict[int, str]:
         if latest is not None:
             out[node] = out[latest]
     return out
+
+
+def _tail(graph: GradGraph) -> set[int]:
+    """The ops after the model (a loss like ``.pow(2).mean()``): from each root
+    down while a node has exactly one input and it is not a leaf. They stay at
+    the top level instead of joining the last layer."""
+    dag, tail = graph.dag, set()
+    for node in graph.roots:
+        while node not in tail and dag._node[node]["kind"] != "accumulate":
+            inputs = dag._succ[node]
+            if len(inputs) != 1:
+                break
+            tail.add(node)
+            (node,) = inputs
+            if dag._node[node]["kind"] == "accumulate":
+                break
+    return tail
 
 
 def _seq(data: dict) -> int:
