@@ -173,9 +173,9 @@ def main() -> None:
         parts.append(f"## {name}\n\nautograd graph: {nodes:,} nodes\n\n")
         parts.append("| drawn by | boxes | seconds | picture |\n|---|---:|---:|---|\n")
         for kind, file, count, seconds in rows:
-            parts.append(
-                f"| {kind} | {count} | {seconds:.2f} | [{file}](models/{file}) |\n"
-            )
+            link = f"[{file}](models/{file})" if file.endswith(".svg") else file
+            parts.append(f"| {kind} | {count} | {seconds:.2f} | {link} |\n")
+        print(name, nodes, [(r[0], r[2], round(r[3], 2)) for r in rows], flush=True)
         parts.append(f"\n![{name} by gradgraph](models/{name}-gradgraph.svg)\n\n")
     (OUT.parent / "models.md").write_text("".join(parts))
 
