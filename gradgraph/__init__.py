@@ -35,13 +35,14 @@ from .memory import memory_chart, render_memory
 from .modules import record_modules
 from .nonfinite import NonFiniteReport, find_nonfinite
 from .recorder import record_backward, recording
-from .render.dot import DotNotFoundError
-from .render.dropin import make_dot
+from .render.dot import DotFailedError, DotNotFoundError
+from .render.dropin import make_dot, make_dot_from_trace
 from .retain import explain_retain_graph
 
 __all__ = [
     "Blocker",
     "Curvature",
+    "DotFailedError",
     "DotNotFoundError",
     "GradGraph",
     "HessianOperator",
@@ -66,6 +67,7 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "make_dot",
+    "make_dot_from_trace",
     "memory_chart",
     "order_summary",
     "propagated_hessian_diagonal",

@@ -130,14 +130,20 @@ class GradGraph:
 
         return to_dot(self, **options)
 
-    def render(self, path: str, format: str = "svg", **options: Any) -> str:
-        """Write the picture to ``path`` (needs the graphviz ``dot`` binary)."""
+    def render(self, path: str, format: str | None = None, **options: Any) -> str:
+        """Write the picture to ``path`` (needs the graphviz ``dot`` binary).
+
+        The suffix sets the format (``g.png`` is a PNG); folded to 200 boxes
+        unless ``max_nodes=`` says otherwise (None: everything); options as in
+        :func:`render.dot.render`.
+        """
         from .render.dot import render
 
-        return render(self, path, format=format, **options)
+        return render(self, path, format, **options)
 
     def to_svg(self, **options: Any) -> str:
-        """The picture as SVG text (needs the graphviz ``dot`` binary)."""
+        """The picture as SVG text (needs the graphviz ``dot`` binary), folded
+        to 200 boxes by default; options as in :func:`render.dot.to_svg`."""
         from .render.dot import to_svg
 
         return to_svg(self, **options)
@@ -165,7 +171,7 @@ class GradGraph:
         return to_html(self, path, **options)
 
     def _repr_svg_(self) -> str:
-        from .render.html import NOTEBOOK_MAX_NODES
+        from .render.html import NOTEBOOK_MAX_NODES  # the budget of _repr_html_
 
         return self.to_svg(max_nodes=NOTEBOOK_MAX_NODES)
 

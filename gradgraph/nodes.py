@@ -92,7 +92,7 @@ def _tensor_fact(attr: str, tensor: Any, owners: dict | None) -> dict:
     if tensor is None:
         key: tuple = (attr,)
     elif not isinstance(tensor, torch.Tensor):
-        return {"attr": attr, "freed": False, "packed": type(tensor).__name__}
+        return _packed_fact(attr, tensor)
     elif tensor.layout is torch.strided:
         owner = None
         if owners:
@@ -108,9 +108,32 @@ def _tensor_fact(attr: str, tensor: Any, owners: dict | None) -> dict:
     return fact
 
 
+def _packed_fact(attr: str, packed: Any) -> dict:
+    """A value packed by ``saved_tensors_hooks``, with every key a fact has.
+
+    The tensors the packed value holds (itself, or the items of a tuple/list,
+    as ``save_on_cpu`` packs ``(device, cpu_tensor)``) give its shape, dtype
+    and ``nbytes``: the bytes the graph really holds. A packed value holding
+    no tensor (non-reentrant ``checkpoint``'s recompute holder, a user's key
+    into its own storage) holds no tensor memory: shape and dtype ``None``,
+    ``nbytes`` 0. Never unpacked.
+    """
+    items = packed if isinstance(packed, (tuple, list)) else (packed,)
+    held = [t for t in items if isinstance(t, torch.Tensor)]
+    fact = {
+        "attr": attr,
+        "shape": tuple(held[0].shape) if held else None,
+        "dtype": dtype_name(held[0].dtype) if held else None,
+        "nbytes": sum(t.numel() * t.element_size() for t in held),
+        "freed": False,
+        "packed": type(packed).__name__,
+    }
+    return fact
+
+
 def _new_fact(attr: str, tensor: torch.Tensor | None, owner: str | None) -> dict:
     if tensor is None:
-        return {"attr": attr, "freed": True}
+        return {"attr": attr, "shape": None, "dtype": None, "nbytes": 0, "freed": True}
     shape = tuple(tensor.shape)
     dtype = tensor.dtype
     fact = {
@@ -166,7 +189,7 @@ def saved_facts(
         try:
             raw = getattr(fn, full)
         except RuntimeError:  # a custom Function's tensors, after backward
-            facts.append({"attr": attr, "freed": True})
+            facts.append(_new_fact(attr, None, None))
             continue
         if raw.__class__ is list or raw.__class__ is tuple:  # a saved list
             items = [(f"{attr}[{i}]", item.data) for i, item in enumerate(raw)]

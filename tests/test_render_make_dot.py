@@ -123,3 +123,33 @@ def test_make_dot_missing_dot_binary(tmp_path, monkeypatch):
     with pytest.raises(DotNotFoundError, match="apt-get install graphviz"):
         dot.render(tmp_path / "x", format="svg")
     assert "digraph" in dot.source
+
+
+def _boxes(source: str) -> int:
+    return len(re.findall(r"^\t\S+ \[.*label=", source, flags=re.M))
+
+
+@pytest.mark.parametrize(
+    "var",
+    [torch.randn(3), (torch.randn(3), torch.zeros(2, 2))],
+    ids=["one", "tuple"],
+)
+def test_a_tensor_without_a_graph_draws_one_box_like_torchviz(var):
+    ours = make_dot(var).source
+    assert _boxes(ours) == _boxes(torchviz.make_dot(var).source)
+    assert "float32[3]" in ours and "<svg" in make_dot(var).pipe("svg").decode()
+
+
+def test_untracked_beside_tracked_outputs():
+    x = torch.ones(2, requires_grad=True)
+    source = make_dot((x * 2, torch.randn(4))).source
+    assert "MulBackward0" in source and "float32[4]" in source
+
+
+def test_make_dot_from_trace_behaves_as_torchviz():
+    import gradgraph
+
+    assert {"make_dot", "make_dot_from_trace"} <= set(gradgraph.__all__)
+    for fn in (torchviz.make_dot_from_trace, gradgraph.make_dot_from_trace):
+        with pytest.raises(NotImplementedError, match="tensorboard"):
+            fn(None)

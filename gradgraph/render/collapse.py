@@ -14,27 +14,10 @@ The rule (every step merges groups of nodes into one box):
    named nodes are never folded into a chain; module boxes chain with sibling
    modules (same parent module).
 3. ``collapse=True`` (or ``"all"``) does 1 then 2.
-4. ``max_nodes=N``: when the result of 1 (if asked) has more than N nodes,
-   it folds to use the budget, not as far as it can, ending with between
-   about N/4 and N boxes (chains are then cut as below, not folded whole). It
-   walks the levels: the graph itself, then modules folded at shallower and
-   shallower depth (``encoder.layer.3`` -> ``encoder.layer`` -> ``encoder``).
-   At the first level whose chains, each folded whole, leave at most N boxes,
-   it cuts each chain into pieces of at most ``P`` nodes from its forward end,
-   ``P`` the smallest size that leaves at most N boxes (a piece of one node
-   stays a node). A chain of module boxes that repeats a pattern (Linear,
-   Tanh, Linear, Tanh...) is cut into whole repeats when that still leaves N/4
-   boxes or more. A piece of sibling module boxes is labelled by its span,
-   ``encoder.0–49 (50 modules)``.
-5. If that leaves fewer than N/4 boxes (folding modules one level shallower
-   dropped far below N, e.g. thousands of parallel branches of one
-   container), it goes back one level and instead merges runs of consecutive
-   sibling modules (same parent; names in natural order, ``2`` before
-   ``10``) into boxes ``branch.0–44 (45 modules)``, runs as short as N allows.
-6. If no level fits in N boxes, it merges runs of top-level modules the same
-   way if that fits, else keeps the N-1 boxes first in walk order (chains
-   folded whole, top-level modules) and merges the rest into one
-   ``+M more nodes`` box.
+4. ``max_nodes=N`` or ``depth=k`` fold by the module tree, repeated blocks
+   as one ``×N`` box, to at most N boxes: :mod:`gradgraph.render.fold`
+   (``"modules"`` then keeps every module without submodules a box;
+   ``"chains"`` folds chains afterwards). There is no "+N more" box.
 
 Each step is a quotient: a box has an edge to another box whenever one of its
 nodes had an edge to one of the other's, so every path of the original graph is
@@ -61,7 +44,7 @@ from collections import Counter
 import networkx as nx
 
 from ..graph import GradGraph, _gc_paused
-from ..nodes import ACCUMULATE, CHAIN, MODULE, MORE, OP
+from ..nodes import ACCUMULATE, CHAIN, MODULE, OP
 
 MODES = {
     None: (),
@@ -78,6 +61,7 @@ def collapse(
     mode: str | bool | None = True,
     max_nodes: int | None = None,
     min_chain: int = 3,
+    depth: int | None = None,
 ) -> GradGraph:
     """A smaller GradGraph of boxes, by the rule in this module's docstring.
 
@@ -87,6 +71,8 @@ def collapse(
             ``None``/``False`` (only what ``max_nodes`` needs).
         max_nodes: fold further until at most this many boxes remain.
         min_chain: shortest chain worth folding.
+        depth: expand modules only down to this depth (``1``: top-level
+            modules are boxes); see :mod:`gradgraph.render.fold`.
     """
     if mode not in MODES:
         raise ValueError(
@@ -97,42 +83,35 @@ def collapse(
         raise ValueError(f"max_nodes={max_nodes!r}; give an int of at least 2.")
     if min_chain < 2:
         raise ValueError(f"min_chain={min_chain!r}; a chain has at least 2 nodes.")
+    if depth is not None and (not isinstance(depth, int) or depth < 1):
+        raise ValueError(f"depth={depth!r}; give an int of at least 1 (or None).")
     steps = MODES[mode]
     if max_nodes is not None and len(graph) <= max_nodes and not steps:
-        return graph
+        if depth is None:
+            return graph
     with _gc_paused():  # many small dicts, none of them garbage
-        return _collapse(graph, steps, max_nodes, min_chain)
+        return _collapse(graph, steps, max_nodes, min_chain, depth)
 
 
-def _collapse(graph: GradGraph, steps: tuple, max_nodes: int | None, min_chain: int):
-    out = graph
-    if "modules" in steps:
-        out = fold_modules(out, depth=None)
-    if max_nodes is None or len(out) <= max_nodes:
+def _collapse(
+    graph: GradGraph,
+    steps: tuple,
+    max_nodes: int | None,
+    min_chain: int,
+    depth: int | None,
+):
+    if max_nodes is None and depth is None:
+        out = fold_modules(graph, depth=None) if "modules" in steps else graph
         return fold_chains(out, min_chain) if "chains" in steps else out
-    return _fold_to_budget(out, max_nodes, min_chain)
+    from .fold import fold_to_budget  # fold builds on this module's quotient
 
-
-def _fold_to_budget(graph: GradGraph, max_nodes: int, min_chain: int = 3) -> GradGraph:
-    """Fold to at most ``max_nodes`` boxes, using the budget (rules 4-6 above)."""
-    floor = -(-max_nodes // 4)
-    depth = max((_depth(m) for m in _modules(graph.dag)), default=0)
-    finer, level = None, graph
-    while True:
-        fitted = _fit_chains(level, max_nodes, min_chain)
-        if fitted is not None:
-            if len(fitted) >= floor or finer is None:
-                return fitted
-            runs = _fold_sibling_runs(finer, depth + 1, max_nodes)
-            return runs if runs is not None and len(runs) > len(fitted) else fitted
-        if depth == 0:
-            break
-        finer, level = level, fold_modules(level, depth)
-        depth -= 1
-    runs = _fold_sibling_runs(level, 0, max_nodes)  # top-level modules side by side
-    if runs is not None:
-        return runs
-    return fold_rest(fold_chains(level, min_chain), max_nodes)
+    keep = "modules" in steps
+    out = fold_to_budget(graph, max_nodes, depth, keep_leaves=keep, min_chain=min_chain)
+    if "chains" not in steps:
+        return out
+    if max_nodes is None:
+        return fold_chains(out, min_chain)
+    return _fit_chains(out, max_nodes, min_chain) or out  # pieces use the budget
 
 
 def _depth(module: str) -> int:
@@ -219,8 +198,10 @@ def _chain_key(data: dict) -> tuple | None:
     if kind in (OP, CHAIN):
         if data.get("name"):
             return None
-        return (data.get("order"), data.get("module"))
+        return (data.get("order"), data.get("cluster", data.get("module")))
     if kind == MODULE:
+        if "cluster" in data:
+            return (data.get("order"), "module:" + (data["cluster"] or ""))
         parent = data["module"].rsplit(".", 1)[0] if "." in data["module"] else ""
         return (data.get("order"), "module:" + parent)
     return None
@@ -341,12 +322,13 @@ def _fold_chain_list(
 def _chain_box(items: list[tuple[int, dict]]) -> dict:
     """A box for a chain ``items`` listed in forward order."""
     first, last = items[0][1], items[-1][1]
+    placed = {"cluster": first["cluster"]} if "cluster" in first else {}
     if first["kind"] == MODULE:  # a chain of sibling modules
         names = [d["module"] for _, d in items]
         parent = names[0].rsplit(".", 1)[0] if "." in names[0] else None
-        return _box(CHAIN, items[::-1], _span(names), module=parent)
+        return _box(CHAIN, items[::-1], _span(names), module=parent, **placed)
     label = f"{_short(first)} … {_short(last)}"  # forward order
-    return _box(CHAIN, items[::-1], label, module=first.get("module"))
+    return _box(CHAIN, items[::-1], label, module=first.get("module"), **placed)
 
 
 def _span(names: list[str]) -> str:
@@ -393,74 +375,20 @@ def fold_modules(graph: GradGraph, depth: int | None = None) -> GradGraph:
         nodes.sort()
         items = [(n, dag._node[n]) for n in nodes]
         box = _box(MODULE, items, "", module=module)
-        box["label"] = box["op"] = f"{module} · {len(box['members'])} nodes"
+        box["label"] = box["op"] = f"{module} · {_count(len(box['members']))}"
         boxes[nodes[0]] = box
         group.update(dict.fromkeys(nodes, nodes[0]))
     return _quotient(graph, group, boxes)
 
 
-def _fold_sibling_runs(
-    graph: GradGraph, parent_depth: int, max_nodes: int
-) -> GradGraph | None:
-    """Merge runs of consecutive sibling modules (children of the modules of
-    ``parent_depth`` parts; 0: top-level modules) into boxes, runs as short as
-    ``max_nodes`` boxes allow; None if one run per parent is still too many.
-    """
-    dag = graph.dag
-    known = _modules(dag)
-    children: dict[str, dict[str, list[int]]] = {}
-    for node, data in dag._node.items():
-        module = data.get("module")
-        if not module and data["kind"] == ACCUMULATE:
-            module = parameter_module(data.get("name"), known)
-        if module and _depth(module) > parent_depth:
-            parts = module.split(".")
-            parent = ".".join(parts[:parent_depth])
-            child = ".".join(parts[: parent_depth + 1])
-            children.setdefault(parent, {}).setdefault(child, []).append(node)
-    sizes = [len(kids) for kids in children.values()]
-    inside = sum(len(nodes) for kids in children.values() for nodes in kids.values())
-    fixed = len(graph) - inside
-    if not children or fixed + len(sizes) > max_nodes:
-        return None
-    low = _smallest_group(sizes, max_nodes - fixed)
-    group: dict[int, int] = {}
-    boxes: dict[int, dict] = {}
-    for kids in children.values():
-        ordered = sorted(kids, key=_natural)
-        for start in range(0, len(ordered), low):
-            run = ordered[start : start + low]
-            nodes = sorted(n for child in run for n in kids[child])
-            if len(nodes) == 1:
-                continue
-            items = [(n, dag._node[n]) for n in nodes]
-            module = _span(run) if len(run) > 1 else run[0]
-            box = _box(MODULE, items, "", module=module)
-            box["label"] = box["op"] = f"{module} · {len(box['members']):,} nodes"
-            boxes[nodes[0]] = box
-            group.update(dict.fromkeys(nodes, nodes[0]))
-    return _quotient(graph, group, boxes)
+def _count(n: int) -> str:
+    """``1 node``, ``1,234 nodes``."""
+    return f"{n:,} node{'' if n == 1 else 's'}"
 
 
 def _natural(name: str) -> tuple:
     """Sort key: ``layer.2`` before ``layer.10``."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
-
-
-def fold_rest(graph: GradGraph, max_nodes: int) -> GradGraph:
-    """Keep the first ``max_nodes - 1`` boxes in walk order; merge the rest."""
-    nodes = sorted(graph.dag.nodes)
-    keep = set(graph.roots)
-    for node in nodes:
-        if len(keep) >= max_nodes - 1:
-            break
-        keep.add(node)
-    rest = [n for n in nodes if n not in keep]
-    if not rest:
-        return graph
-    box = _box(MORE, [(n, graph.dag._node[n]) for n in rest], "")
-    box["label"] = box["op"] = f"+{len(box['members']):,} more nodes"
-    return _quotient(graph, dict.fromkeys(rest, rest[0]), {rest[0]: box})
 
 
 def member_box(collapsed: GradGraph) -> dict[int, int]:

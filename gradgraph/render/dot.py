@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import graphviz
 
@@ -31,6 +33,7 @@ from ..graph import GradGraph
 from ..nodes import ACCUMULATE, CHAIN, MODULE, MORE, OP
 from .collapse import collapse as collapse_graph
 from .collapse import parameter_module
+from .fold import DEFAULT_MAX_NODES
 from .style import (
     FONT,
     FREED,
@@ -50,10 +53,17 @@ INSTALL_HINT = (
     "'conda install graphviz'. to_dot(), to_text() and to_json() work without it."
 )
 FLOWS = ("forward", "backward")
+DOT_TIMEOUT_S = 60  # longest a render waits for dot by default
+BIG = 400  # boxes above which dot's effort is bounded (see _header)
+TEXT_FORMATS = ("dot", "gv")  # written as DOT text, no layout
 
 
 class DotNotFoundError(RuntimeError):
     """Raised when rendering needs the graphviz ``dot`` binary and it is missing."""
+
+
+class DotFailedError(RuntimeError):
+    """Raised when ``dot`` overran its time limit or died (e.g. out of memory)."""
 
 
 _HTML = {
@@ -110,14 +120,21 @@ def _box_lines(data: dict) -> tuple[str, list[str]]:
     shape = _shapes(data)
     name = data.get("name")
     if kind == ACCUMULATE:
-        return (name or "AccumulateGrad"), [shape]
+        return _within(name or "AccumulateGrad", data.get("cluster")), [shape]
     if kind in (CHAIN, MODULE, MORE):
-        size = f"{len(data['members']):,} nodes"
+        count = len(data["members"])
+        size = f"{count:,} node{'' if count == 1 else 's'}"
         if kind == MORE:
             return data["label"], [size]
+        if data.get("repeat"):
+            n = data["repeat"]
+            title = _within(data["label"], data.get("cluster"))
+            each = {op: k // n for op, k in data["ops"].items()}
+            return title, [f"{n} blocks × {count // n:,} nodes", ops_line(each)]
         if kind == CHAIN:
             size = f"chain of {size}"
         title = data["module"] if kind == MODULE else data["label"]
+        title = _within(title, data.get("cluster"))
         return title, [f"{size} · {shape}", ops_line(data["ops"])]
     if name:
         return name, [f"{data['op']} · {shape}"]
@@ -149,6 +166,17 @@ def ops_line(ops: dict[str, int], most: int = 4) -> str:
 
 
 _BACKWARD = re.compile(r"Backward\d*$")
+LONGEST = 44  # characters of a title; longer ones keep their start and end
+
+
+def _within(name: str, cluster: str | None) -> str:
+    """A module name relative to the cluster it is drawn in, cut to fit."""
+    if cluster and name.startswith(cluster + "."):
+        name = name[len(cluster) + 1 :]
+    if len(name) > LONGEST:
+        half = (LONGEST - 1) // 2
+        name = f"{name[:half]}…{name[-half:]}"
+    return name
 
 
 def _shapes(data: dict) -> str:
@@ -164,7 +192,10 @@ def saved_lines(fact: dict) -> tuple[str, list[str]]:
         return fact["attr"], ["freed by backward()"]
     size = shape_text(fact["dtype"], fact["shape"])
     of = f" · {fact['of']}" if fact.get("of") else ""
-    return fact["attr"], [f"{size}{of}", _bytes(fact["nbytes"])]
+    held = _bytes(fact["nbytes"])
+    if fact.get("packed"):
+        held += f" · packed by a hook ({fact['packed']})"
+    return fact["attr"], [f"{size}{of}", held]
 
 
 def _bytes(n: int) -> str:
@@ -176,12 +207,16 @@ def _bytes(n: int) -> str:
 
 
 def drawn_graph(
-    graph: GradGraph, collapse: str | bool | None = None, max_nodes: int | None = None
+    graph: GradGraph,
+    collapse: str | bool | None = None,
+    max_nodes: int | None = None,
+    depth: int | None = None,
 ) -> GradGraph:
     """The graph as it will be drawn: folded per :mod:`gradgraph.render.collapse`."""
-    if not collapse and (max_nodes is None or len(graph) <= max_nodes):
+    small = max_nodes is None or len(graph) <= max_nodes
+    if not collapse and small and depth is None:
         return graph
-    return collapse_graph(graph, collapse, max_nodes=max_nodes)
+    return collapse_graph(graph, collapse, max_nodes=max_nodes, depth=depth)
 
 
 def _attrs(attrs: dict[str, str]) -> str:
@@ -227,6 +262,8 @@ class _NodeWriter:
                 f'class="{kind}" label=<<b>{html_text(title)}</b>{rest}>'
                 f"{self.styles[kind]}"
             )
+            if data.get("repeat"):  # n blocks of the same structure: a stack
+                body += " peripheries=2"
             if plain:
                 self.cache[key] = body
         extra = self.extra.get(node)
@@ -251,7 +288,7 @@ def _saved_lines(node: int, data: dict, look: Theme) -> Iterator[str]:
         yield f'n{node} -> {sid} [style=dashed dir=none color="{look.saved_edge}"]\n'
 
 
-def _header(look: Theme, flow: str, title: str | None) -> list[str]:
+def _header(look: Theme, flow: str, title: str | None, boxes: int = 0) -> list[str]:
     if flow not in FLOWS:
         raise ValueError(f"flow={flow!r}; use 'forward' or 'backward'.")
     graph = {
@@ -267,6 +304,9 @@ def _header(look: Theme, flow: str, title: str | None) -> list[str]:
         "labeljust": "l",
         "labelloc": "t",
     }
+    if boxes > BIG:  # bound dot's effort: network simplex and crossing passes
+        graph.update(nslimit="2", nslimit1="2", mclimit="0.2", searchsize="10")
+        graph["remincross"] = "false"
     lines = [
         f"\tgraph [{_attrs(graph)}]\n",
         f'\tnode [fontname="{FONT}" fontsize="10" margin="0.12,0.05" height="0.3"'
@@ -291,14 +331,16 @@ def dot_lines(
     """The body of the DOT text of an (already folded) graph, one line each."""
     look = theme(theme_name)
     dag = graph.dag
-    lines = _header(look, flow, title)
+    lines = _header(look, flow, title, len(graph))
     writer = _NodeWriter(look, extra or {})
     known = {m for _, m in dag.nodes(data="module") if m} if clusters else set()
     groups: dict[int | None, dict[str, list[int]]] = {}
+    where: dict[int, str] = {}
     for node, data in sorted(dag.nodes(data=True)):
         module = _cluster_module(data, known) if clusters else None
         order = data.get("order") if clusters else None
         groups.setdefault(order, {}).setdefault(module or "", []).append(node)
+        where[node] = module or ""
 
     def emit(nodes: list[int], indent: str) -> None:
         data_of = dag._node
@@ -323,7 +365,8 @@ def dot_lines(
             pad = indent + "\t" * depth
             if kind == "open":
                 cid = f"cluster_o{order}_{value[1]}"
-                lines.append(f"{pad[:-1]}subgraph {cid} {{\n")
+                lines.append(f"{pad}subgraph {cid} {{\n")
+                pad += "\t"
                 style = f'style="rounded,dashed" color="{look.module_border}"'
                 lines.append(f"{pad}graph [label={label(value[0])} {style}]\n")
             elif kind == "close":
@@ -332,12 +375,15 @@ def dot_lines(
                 emit(value, pad)
         if order is not None:
             lines.append("\t}\n")
-    lines.extend(_edge_lines(graph, edge_labels, look, flow == "forward"))
+    spaced = where if len(groups.get(None, groups.get(0, {}))) > 1 else None
+    lines.extend(_edge_lines(graph, edge_labels, look, flow == "forward", spaced))
     return lines
 
 
 def _cluster_module(data: dict, known: set[str]) -> str | None:
     """The module cluster a node is drawn in (a module box draws its own)."""
+    if "cluster" in data:  # placed by gradgraph.render.fold
+        return data["cluster"]
     kind = data["kind"]
     if kind == MODULE:
         parent = data["module"].rsplit(".", 1)[0] if "." in data["module"] else None
@@ -351,8 +397,11 @@ def _cluster_module(data: dict, known: set[str]) -> str | None:
 def _module_tree(by_module: dict[str, list[int]]) -> Iterator[tuple]:
     """Open/close/nodes steps that nest module clusters by their dotted names.
 
-    ``encoder.layer.3`` is drawn inside ``encoder.layer`` inside ``encoder``;
-    each prefix that holds nodes, directly or below, is one cluster.
+    ``encoder.layer.3`` is drawn inside ``encoder.layer`` inside ``encoder``.
+    A module that holds a single thing (one node, or one submodule and no node
+    of its own) gets no cluster of its own, so a deep path of wrappers is one
+    cluster, not a staircase; a cluster is labelled relative to the one around
+    it (``layer.3`` inside ``encoder``).
     """
     children: dict[str, set[str]] = {}
     for module in by_module:
@@ -362,23 +411,38 @@ def _module_tree(by_module: dict[str, list[int]]) -> Iterator[tuple]:
             children.setdefault(parent, set()).add(child)
     ids = {m: f"m{i}" for i, m in enumerate(sorted(children.keys() | by_module.keys()))}
 
-    def walk(module: str, depth: int) -> Iterator[tuple]:
-        if module:
-            yield ("open", (module, ids[module]), depth)
-        if by_module.get(module):
-            yield ("nodes", by_module[module], depth)
-        for child in sorted(children.get(module, ())):
-            yield from walk(child, depth + 1)
-        if module:
+    def walk(module: str, depth: int, outer: str) -> Iterator[tuple]:
+        kids = sorted(children.get(module, ()))
+        own = by_module.get(module) or []
+        drawn = bool(module) and len(own) + len(kids) >= 2
+        if drawn:
+            name = module[len(outer) + 1 :] if outer else module
+            yield ("open", (name, ids[module]), depth)
+            depth, outer = depth + 1, module
+        if own:
+            yield ("nodes", own, depth)
+        for child in kids:
+            yield from walk(child, depth, outer)
+        if drawn:
             yield ("close", None, depth - 1)
 
-    yield from walk("", 0)  # recursion depth = module nesting depth (small)
+    yield from walk("", 0, "")  # recursion depth = module nesting depth (small)
 
 
 def _edge_lines(
-    graph: GradGraph, edge_labels: bool, look: Theme, forward: bool
+    graph: GradGraph,
+    edge_labels: bool,
+    look: Theme,
+    forward: bool,
+    where: dict[int, str] | None = None,
 ) -> list[str]:
-    """One line per edge, in id order; ``forward`` writes it input -> consumer."""
+    """One line per edge, in id order; ``forward`` writes it input -> consumer.
+
+    With ``where`` (node -> module cluster), an edge between two clusters
+    spans two ranks, leaving a rank for the parameters of the next block:
+    otherwise they share a rank with the previous block's output, the two
+    clusters overlap in height and dot sets them side by side (a staircase).
+    """
     dag = graph.dag
     out = []
     succ = dag._succ
@@ -394,6 +458,8 @@ def _edge_lines(
             attrs = styles[kind]
             if edge_labels and "input_nr" in data:
                 attrs = f"{attrs} {_edge_label(dag.nodes[v], data, look)}".strip()
+            if where is not None and where[u] != where[v] and kind is None:
+                attrs = f"{attrs} minlen=2".strip()
             attrs = f" [{attrs}]" if attrs else ""
             line = f"\tn{v} -> n{u}{attrs}\n" if forward else f"\tn{u} -> n{v}{attrs}\n"
             out.append(line)
@@ -420,11 +486,12 @@ def to_dot(
     show_saved: bool = False,
     collapse: str | bool | None = None,
     max_nodes: int | None = None,
+    depth: int | None = None,
     clusters: bool = True,
     flow: str = "forward",
     title: str | None = None,
 ) -> str:
-    """DOT text of the graph (deterministic).
+    """DOT text of the graph (deterministic; all of it unless folding is asked).
 
     Args:
         graph: a traced :class:`~gradgraph.GradGraph`.
@@ -433,8 +500,9 @@ def to_dot(
             gradient it carries.
         show_saved: draw the tensors each node saved for backward (freed ones
             dashed).
-        collapse, max_nodes: fold big graphs (rule in
-            :mod:`gradgraph.render.collapse`).
+        collapse, max_nodes, depth: fold big graphs (rules in
+            :mod:`gradgraph.render.collapse` and :mod:`gradgraph.render.fold`):
+            at most ``max_nodes`` boxes, modules expanded ``depth`` levels.
         clusters: draw derivative-order bands and module clusters.
         flow: ``"forward"`` draws inputs at the top and arrows the way data
             flows, like torchviz (the DOT edge of DAG edge ``u -> v`` is
@@ -442,7 +510,7 @@ def to_dot(
             arrows along ``next_functions`` (``n<u> -> n<v>``).
         title: a caption above the picture.
     """
-    drawn = drawn_graph(graph, collapse, max_nodes)
+    drawn = drawn_graph(graph, collapse, max_nodes, depth)
     body = dot_lines(drawn, theme, edge_labels, show_saved, clusters, flow, title)
     return dot_source(body)
 
@@ -459,26 +527,142 @@ def to_digraph(graph: GradGraph, **options) -> graphviz.Digraph:
     return graphviz.Digraph("gradgraph", body=body)
 
 
-def pipe(dot_text: str, format: str = "svg") -> bytes:
-    """Run graphviz's ``dot`` on DOT text; a clear error when it is missing."""
+def pipe(
+    dot_text: str, format: str = "svg", timeout: float | None = DOT_TIMEOUT_S
+) -> bytes:
+    """Run graphviz's ``dot`` on DOT text, at most ``timeout`` seconds.
+
+    A missing ``dot`` is a :class:`DotNotFoundError`; one that overruns the
+    time limit (it is stopped) or dies is a :class:`DotFailedError` that says
+    what to do.
+    """
+    format = _known_format(format)
     try:
-        return graphviz.pipe("dot", format, dot_text.encode("utf-8"))
-    except graphviz.ExecutableNotFound as exc:
+        done = subprocess.run(
+            [graphviz.DOT_BINARY, f"-T{format}"],
+            input=dot_text.encode("utf-8"),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
         raise DotNotFoundError(INSTALL_HINT) from exc
-    except ValueError as exc:
-        raise ValueError(f"{exc}; try format='svg', 'png' or 'pdf'.") from exc
+    except subprocess.TimeoutExpired:
+        raise DotFailedError(
+            f"graphviz 'dot' did not finish within {timeout:g} s on "
+            f"{_boxes(dot_text):,} boxes and was stopped; draw fewer boxes "
+            "(max_nodes=200, depth=1), give a longer timeout=, or open "
+            "to_html(), which lays out folded boxes."
+        ) from None
+    if done.returncode != 0:
+        why = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        what = (
+            f"was killed by signal {-done.returncode} (out of memory?)"
+            if done.returncode < 0
+            else f"failed ({why[-1] if why else f'exit {done.returncode}'})"
+        )
+        raise DotFailedError(
+            f"graphviz 'dot' {what} on {_boxes(dot_text):,} boxes; draw fewer "
+            "boxes (max_nodes=200, depth=1) or open to_html()."
+        )
+    return done.stdout
 
 
-def to_svg(graph: GradGraph, **options) -> str:
-    """SVG text of the graph; options as in :func:`to_dot`."""
-    return pipe(to_dot(graph, **options), "svg").decode("utf-8")
+def _boxes(dot_text: str) -> int:
+    return dot_text.count(" [id=n")
+
+
+def _known_format(format: str) -> str:
+    if not isinstance(format, str) or format.lower() not in graphviz.FORMATS:
+        raise ValueError(
+            f"format={format!r} is not a graphviz output format; try format='svg', "
+            "'png' or 'pdf'."
+        )
+    return format.lower()
+
+
+def output_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The format to write ``path`` in, checked before any layout.
+
+    The suffix decides (``g.png`` is a PNG); ``format`` must agree with it. A
+    path without a suffix takes ``format`` (default ``svg``). The folder must
+    exist and be writable.
+
+    Example:
+        >>> output_format("/tmp/graph.png")
+        'png'
+    """
+    target = Path(os.fspath(path))
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix in graphviz.FORMATS or suffix in TEXT_FORMATS:
+        if format is not None and _canonical(format) != _canonical(suffix):
+            raise ValueError(
+                f"format={format!r} does not match the file name {str(target)!r}; "
+                f"drop format= (the suffix .{suffix} decides) or change the suffix."
+            )
+        chosen = suffix
+    elif suffix and format is None:
+        raise ValueError(
+            f"cannot tell the picture format from {str(target)!r}; end the name "
+            "with .svg, .png or .pdf (or .dot for DOT text), or pass format=."
+        )
+    else:
+        chosen = "svg" if format is None else format
+    if chosen not in TEXT_FORMATS:
+        chosen = _known_format(chosen)
+    folder = target.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"cannot write {str(target)!r}: {str(folder)!r} is not a writable "
+            "folder; pick a writable path."
+        )
+    if target.is_dir():
+        raise ValueError(
+            f"cannot write {str(target)!r}: it is a folder; pick a writable path."
+        )
+    return chosen
+
+
+def _canonical(format: str) -> str:
+    format = str(format).lower()
+    return {"jpeg": "jpg", "gv": "dot", "tif": "tiff"}.get(format, format)
+
+
+def to_svg(
+    graph: GradGraph,
+    *,
+    max_nodes: int | None = DEFAULT_MAX_NODES,
+    timeout: float | None = DOT_TIMEOUT_S,
+    **options,
+) -> str:
+    """SVG text of the graph, folded to ``max_nodes`` boxes (None: all of it).
+
+    Other options as in :func:`to_dot`; ``timeout`` bounds ``dot``'s run.
+    """
+    text = to_dot(graph, max_nodes=max_nodes, **options)
+    return pipe(text, "svg", timeout).decode("utf-8")
 
 
 def render(
-    graph: GradGraph, path: str | os.PathLike, format: str = "svg", **options
+    graph: GradGraph,
+    path: str | os.PathLike,
+    format: str | None = None,
+    *,
+    max_nodes: int | None = DEFAULT_MAX_NODES,
+    timeout: float | None = DOT_TIMEOUT_S,
+    **options,
 ) -> str:
-    """Write the picture to ``path`` exactly (no extension added); returns it."""
-    return write_file(path, pipe(to_dot(graph, **options), format))
+    """Write the picture to ``path`` exactly (no extension added); returns it.
+
+    The format comes from the suffix (:func:`output_format`, checked before
+    any layout); ``.dot``/``.gv`` write the DOT text. Folded to ``max_nodes``
+    boxes (None: all of it); other options as in :func:`to_dot`.
+    """
+    format = output_format(path, format)
+    text = to_dot(graph, max_nodes=max_nodes, **options)
+    if format in TEXT_FORMATS:
+        return write_file(path, text.encode("utf-8"))
+    return write_file(path, pipe(text, format, timeout))
 
 
 def write_file(path: str | os.PathLike, data: bytes) -> str:

@@ -22,9 +22,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import graphviz
+import networkx as nx
 import torch
 
-from ..graph import trace
+from ..graph import GradGraph, trace
+from ..nodes import ROOT, dtype_name
 from .dot import INSTALL_HINT, DotNotFoundError, dot_lines
 
 SAVED = "_saved_"
@@ -68,6 +70,46 @@ def attribute_lines(fn: Any, max_attr_chars: int = 50) -> list[str]:
     return lines
 
 
+def _has_graph(value: Any) -> bool:
+    """Whether ``value`` is a tensor with an autograd graph (else: one box)."""
+    return not isinstance(value, torch.Tensor) or (
+        value.grad_fn is not None or value.requires_grad
+    )
+
+
+def _add_untracked(graph: GradGraph, tensors: list[torch.Tensor]) -> None:
+    """One ``Tensor`` box per tensor without a graph, as torchviz draws it."""
+    for tensor in tensors:
+        node = len(graph.dag)
+        graph.dag.add_node(
+            node,
+            op="Tensor",
+            kind=ROOT,
+            label="Tensor",
+            name=None,
+            shape=tuple(tensor.shape),
+            dtype=dtype_name(tensor.dtype),
+            seq_nr=None,
+            saved=(),
+            order=None,
+        )
+        graph.roots.append(node)
+        graph.outputs.append({"node": node, "name": None, "shape": tuple(tensor.shape)})
+
+
+def make_dot_from_trace(trace: Any) -> None:
+    """torchviz's ``make_dot_from_trace``, which torchviz no longer supports.
+
+    Raises ``NotImplementedError`` exactly as torchviz does (the JIT trace
+    viewer moved to TensorBoard); draw the autograd graph with :func:`make_dot`.
+    """
+    raise NotImplementedError(
+        "This function has been moved to pytorch core and can be found here: "
+        "https://pytorch.org/docs/stable/tensorboard.html (gradgraph, like "
+        "torchviz, draws autograd graphs with make_dot instead)."
+    )
+
+
 def make_dot(
     var: torch.Tensor | tuple,
     params: Mapping | None = None,
@@ -80,7 +122,8 @@ def make_dot(
     """torchviz's ``make_dot``: the autograd graph behind ``var`` as a Digraph.
 
     Args:
-        var: an output tensor or a tuple of them.
+        var: an output tensor or a tuple of them; a tensor with no autograd
+            graph (``torch.randn(3)``) is drawn as one ``Tensor`` box.
         params: ``{name: tensor}`` naming leaves, e.g.
             ``dict(model.named_parameters())``.
         show_attrs: list each node's non-tensor saved attributes (``dim``,
@@ -92,7 +135,12 @@ def make_dot(
         theme: ``"light"`` or ``"dark"``.
     """
     outputs = tuple(var) if isinstance(var, (tuple, list)) else (var,)
-    graph = trace(*outputs, params=params, names=names, keep=show_attrs)
+    tracked = tuple(t for t in outputs if _has_graph(t))
+    if tracked:
+        graph = trace(*tracked, params=params, names=names, keep=show_attrs)
+    else:
+        graph = GradGraph(nx.DiGraph(), [], [])
+    _add_untracked(graph, [t for t in outputs if not _has_graph(t)])
     if show_attrs:
         for node, data in graph.dag.nodes(data=True):
             lines = attribute_lines(graph.grad_fn(node), max_attr_chars)
