@@ -41,12 +41,13 @@ from ..graph import GradGraph
 from ..nodes import OP
 from .collapse import collapse as collapse_graph
 from .dot import dot_lines, dot_source, drawn_graph, node_lines, pipe, write_file
+from .fold import DEFAULT_MAX_NODES
 from .style import Theme, order_band, style_kind
 from .style import theme as get_theme
 from .text import shape_text
 
-NOTEBOOK_MAX_NODES = 250
-VIEW_MAX_NODES = 250  # boxes when a page opens (max_nodes=None)
+NOTEBOOK_MAX_NODES = DEFAULT_MAX_NODES  # one budget for every default picture
+VIEW_MAX_NODES = DEFAULT_MAX_NODES  # boxes when a page opens (max_nodes=None)
 EXPAND_BUDGET = 40  # parts shown when one box unfolds
 SAVED_UP_TO = 20_000  # bigger graphs list saved tensors only with show_saved=True
 NODE_FIELDS = (
