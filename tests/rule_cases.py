@@ -281,6 +281,7 @@ CASES: dict[str, Case | list[Case]] = {
         case(lambda x: x[torch.tensor([1, 1, 0])], (3, 4)),
     ],
     "TransposeBackward0": case(lambda x: x.transpose(1, 2), (2, 3, 4)),
+    "TransposeBackward1": case(lambda x: x.clone().transpose_(0, 2), (2, 3, 4)),
     "FlipBackward0": case(lambda x: x.flip(1), (3, 4)),
     "TrilBackward0": case(lambda x: x.tril(), (2, 3, 3)),
     "TriuBackward0": case(lambda x: x.triu(1), (3, 3)),

@@ -3,9 +3,6 @@
 For every model: ``diagonal_method`` says "propagate", and the propagated
 float64 diagonal equals Hessian-vector-product rows on a few entries of every
 parameter tensor (first, last and random ones).
-
-Models that still meet an op with no rule are marked xfail (strict) with the
-ops they need; the mark comes off once those rules are merged.
 """
 
 from __future__ import annotations
@@ -26,20 +23,8 @@ TOLERANCE = 1e-8
 # a float64 model, so both sides carry float32 roundings there
 FLOAT32_INSIDE = {"vit": 1e-5, "llama": 1e-5}
 
-NEEDS = {
-    "gru": "needs TransposeBackward1 (nn.GRU's in-place transpose_)",
-}
 
-
-def _param(name):
-    if name in NEEDS:
-        return pytest.param(
-            name, marks=pytest.mark.xfail(strict=True, reason=NEEDS[name])
-        )
-    return name
-
-
-@pytest.mark.parametrize("name", [_param(n) for n in BUILDERS])
+@pytest.mark.parametrize("name", list(BUILDERS))
 def test_zoo_diagonal_is_exact_in_float64(name):
     case = build(name, torch.float64)
     assert diagonal_method(case.loss(), case.params) == "propagate"

@@ -185,7 +185,9 @@ register(
     "GatherBackward0",
 )
 register(ByOwnBackward(_index_keeps_batch), "IndexBackward0")
-register(ByOwnBackward(_transpose_keeps_batch), "TransposeBackward0")
+register(
+    ByOwnBackward(_transpose_keeps_batch), "TransposeBackward0", "TransposeBackward1"
+)
 register(ByOwnBackward(_flip_keeps_batch), "FlipBackward0")
 register(ByOwnBackward(_tril_keeps_batch), "TrilBackward0", "TriuBackward0")
 register(ByOwnBackward(_never), "RepeatBackward0", "EmbeddingBackward0")
