@@ -284,13 +284,14 @@ def test_two_gloo_processes_equal_one_process(die_run):
 def check_peer_failure(ranks) -> None:
     """Rank 0 raised (it did not hang, nor return a number without its peer), its
     error says which rank it is and that a peer failed, and rank 1 never finished.
-    The only time limit catches a hang: the peer timeout plus a minute, far
-    below the HANG_S that rank 1 sleeps."""
+    The only time limit catches a hang: the peer timeout plus three minutes,
+    below the group timeout a hang would wait for and far below the HANG_S that
+    rank 1 sleeps."""
     rank0 = ranks[0]
     assert rank0["error"] is not None, "rank 0 returned although rank 1 failed"
     assert "rank 0 of 2" in rank0["error"]
     assert "a peer rank died" in rank0["error"]
-    assert rank0["seconds"] < PEER_TIMEOUT_S + 60, "rank 0 waited like a hang"
+    assert rank0["seconds"] < PEER_TIMEOUT_S + 180, "rank 0 waited like a hang"
     assert "error" not in ranks[1]  # rank 1 never got past the failure
 
 

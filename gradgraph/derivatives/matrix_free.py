@@ -86,7 +86,7 @@ def hessian_diagonal(
             curvature rule, else ``"rows"``; :func:`diagonal_method` says
             which), ``"rows"`` (one HVP row per parameter entry, batched;
             works on any graph), ``"propagate"`` (curvature propagation, see
-            :mod:`gradgraph.derivatives.propagate`; raises
+            :mod:`gradgraph.derivatives.propagation`; raises
             :class:`UnsupportedOpError` naming an op without a rule),
             ``"xdiag"`` or ``"hutchinson"`` (estimates from ``matvecs`` HVPs;
             see :mod:`gradgraph.derivatives.estimate`). ``"auto"`` is the

@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -83,7 +84,7 @@ class BatchLoss:
         return self._matvec(vector)
 
 
-class HessianOperator(LinearOperator):
+class HessianOperator(LinearOperator, ABC):
     """The Hessian of a mean loss over batches (see the module docstring).
 
     A subclass says where the batches come from (:meth:`_sources`,
@@ -111,13 +112,13 @@ class HessianOperator(LinearOperator):
 
     # ---- what a kind of operator says --------------------------------------------
 
+    @abstractmethod
     def _sources(self) -> Iterable[Any]:
         """What one pass goes through (one item per batch)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _batch(self, source: Any, index: int) -> BatchLoss:
         """The loss of the batch ``source`` (the ``index``-th of the pass)."""
-        raise NotImplementedError
 
     def _sum_over_ranks(self, payload: torch.Tensor) -> torch.Tensor:
         """Sum a pass's ``[weighted sums..., count]`` over ranks (none: as is)."""

@@ -43,13 +43,14 @@ Example:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 
-class ColumnBlock:
+class ColumnBlock(ABC):
     """The interface every layout has: a leading (column) axis of ``count`` slices.
 
     ``sign`` holds the slices' signs (leading dim ``count``). Subclasses give
@@ -64,22 +65,22 @@ class ColumnBlock:
         return self.sign.shape[0]
 
     @property
+    @abstractmethod
     def column_bytes(self) -> int:
         """Bytes one slice of the leading axis takes once written out."""
-        raise NotImplementedError
 
     @property
     def nbytes(self) -> int:
         """Bytes of the whole block once written out."""
         return self.count * self.column_bytes
 
+    @abstractmethod
     def take(self, start: int, stop: int) -> ColumnBlock:
         """Slices ``start:stop`` of the leading axis."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
         """The same columns as :class:`DenseColumns` at a node of ``shape``."""
-        raise NotImplementedError
 
     def written_out(self) -> ColumnBlock:
         """A layout the rules act on (lazy layouts write themselves out)."""

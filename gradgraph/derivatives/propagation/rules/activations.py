@@ -1,6 +1,6 @@
 """Curvature rules for more elementwise ops: RMSNorm's ``rsqrt``, hard activations.
 
-Each is an :class:`~.curvature_rules.Elementwise` rule: its pullback scales
+Each is an :class:`~.elementwise.Elementwise` rule: its pullback scales
 the columns by ``f'(x)`` and its residual is ``diag(g f''(x))``. ``rsqrt``,
 ``sqrt`` and ``c ** x`` have closed forms from their saved result; the
 piecewise ones (Hardtanh / ReLU6, Hardswish, Hardsigmoid, clamp, abs) take
