@@ -53,6 +53,7 @@ def test_batch_norm_training_columns_in_small_slices_are_exact(monkeypatch):
         return call(self, start)
 
     monkeypatch.setattr(engine, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(engine, "DRAIN_BYTES", 4096)
     monkeypatch.setattr(engine._Drain, "__call__", counted)
     assert_propagates_exactly(bn_train_cnn(), cross_entropy, IMAGES)
     assert slices  # the sliced path ran

@@ -37,6 +37,7 @@ def test_one_column_at_a_time_gives_the_exact_diagonal(kind, name, monkeypatch):
         return call(self, start)
 
     monkeypatch.setattr(engine, "CHUNK_BYTES", 1)  # every column a slice
+    monkeypatch.setattr(engine, "DRAIN_BYTES", 1)
     monkeypatch.setattr(engine._Drain, "__call__", counted)
     model, loss_of_output, x = build(kind, name)
     assert_propagates_exactly(model, loss_of_output, x)

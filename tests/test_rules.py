@@ -17,8 +17,10 @@ from gradgraph.derivatives.propagation import registry
 from gradgraph.derivatives.propagation.base import OpContext, Rule
 from gradgraph.derivatives.propagation.columns import (
     DenseColumns,
+    GroupColumns,
     OuterColumns,
     SampleColumns,
+    TokenColumns,
 )
 
 from .rule_cases import CASES, CUDA_ONLY, Case, cases_for
@@ -106,6 +108,12 @@ def _layouts(shape: tuple[int, ...]):
     if len(shape) >= 2:
         data = torch.randn(COLUMNS, *shape, dtype=torch.float64)
         yield SampleColumns(data, _signs(COLUMNS, shape[0]))
+    if len(shape) >= 3:  # per token of dims 0 and 1
+        data = torch.randn(COLUMNS, *shape, dtype=torch.float64)
+        yield TokenColumns(data, _signs(COLUMNS, *shape[:2]))
+    if len(shape) >= 1 and shape[0] % 2 == 0:  # per sample of two row groups
+        data = torch.randn(COLUMNS, 2, shape[0] // 2, *shape[1:], dtype=torch.float64)
+        yield GroupColumns(data, _signs(COLUMNS, 2))
     if len(shape) == 2:
         a, b = shape
         for transposed in (False, True):
@@ -137,7 +145,7 @@ def test_pullback_is_the_vjp(name, k):
         for pos, kin in enumerate(which):
             if kin is None:
                 continue
-            arrived = block
+            arrived = rule.accept(ctx, block)  # as the engine hands it over
             if getattr(rule, "several_outputs", False):  # output out.output_nr
                 arrived = rule.embed(ctx, block, out.output_nr)
             got = rule.pullback(ctx, arrived, pos).to_dense(tuple(inputs[kin].shape))

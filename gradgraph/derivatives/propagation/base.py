@@ -35,9 +35,14 @@ from .columns import (
     Columns,
     DenseColumns,
     DiagonalColumns,
+    GroupColumns,
     OuterColumns,
+    ProductColumns,
     RowColumns,
     SampleColumns,
+    TokenColumns,
+    _DataColumns,
+    one_per_column,
 )
 
 __all__ = [
@@ -77,6 +82,9 @@ class OpContext:
     premasked: bool = False
     # a consumer of such a node: apply the mask ``input > 0`` to the columns
     mask_input: bool = False
+    # during a pullback: every column of the block's source is in the block
+    # (none elsewhere in the graph), so the rule may renumber its columns
+    whole: bool = False
 
     @property
     def op(self) -> str:
@@ -137,6 +145,24 @@ def unbroadcast(block: Columns, in_shape: tuple, out_shape: tuple) -> Columns:
     """Pull columns back through a broadcast from ``in_shape`` to ``out_shape``."""
     if tuple(in_shape) == tuple(out_shape):
         return block
+    if isinstance(block, GroupColumns):
+        if len(in_shape) < len(out_shape) or in_shape[0] == 1:  # a bias
+            cols = one_per_column(block.data.sum(2), block.sign)
+            data = _sum_to(cols.data, 1, tuple(in_shape[-len(out_shape) + 1 :]))
+            return DenseColumns(data.reshape(-1, *in_shape), cols.sign)
+        block = block.to_dense(out_shape)
+    if isinstance(block, TokenColumns):
+        same_rank = len(in_shape) == len(out_shape)
+        if same_rank and tuple(in_shape[:2]) == tuple(out_shape[:2]):
+            return TokenColumns(_sum_to(block.data, 1, in_shape), block.sign)
+        if len(in_shape) <= len(out_shape) - 2 or (
+            same_rank and in_shape[0] == in_shape[1] == 1
+        ):  # shared by every token (a bias): each (b, l, c) its own column
+            cols = one_per_column(block.data, block.sign)
+            trailing = tuple(in_shape[len(in_shape) - len(out_shape) + 2 :])
+            data = _sum_to(cols.data, 1, trailing)
+            return DenseColumns(data.reshape(-1, *in_shape), cols.sign)
+        block = block.per_sample()
     if isinstance(block, OuterColumns):
         block = block.to_dense(out_shape)
     if isinstance(block, DenseColumns):
@@ -144,14 +170,14 @@ def unbroadcast(block: Columns, in_shape: tuple, out_shape: tuple) -> Columns:
     n = block.samples
     if len(in_shape) == len(out_shape) and in_shape[0] == n:
         return SampleColumns(_sum_to(block.data, 1, in_shape), block.sign)
-    # the input is shared by all samples: each (c, n) becomes its own column
-    c = block.data.shape[0]
-    cols = block.data.reshape(c * n, *out_shape[1:])
+    # the input is shared by all samples: each (n, c) becomes its own column
+    flat = one_per_column(block.data, block.sign)
+    cols = flat.data
     if len(in_shape) == len(out_shape):  # batch dim of size 1
-        cols = _sum_to(cols, 1, in_shape[1:]).reshape(c * n, *in_shape)
+        cols = _sum_to(cols, 1, in_shape[1:]).reshape(-1, *in_shape)
     else:
         cols = _sum_to(cols, 1, in_shape)
-    return DenseColumns(cols, block.sign.reshape(c * n))
+    return DenseColumns(cols, flat.sign)
 
 
 def diagonal_columns(weights: torch.Tensor) -> Columns | None:
@@ -169,7 +195,7 @@ def cross_pair(a: Columns, b: Columns) -> tuple[Columns, Columns]:
     exactly the cross blocks and nothing on the diagonal blocks.
     """
     half = torch.cat([a.sign / 2, -a.sign / 2])
-    if isinstance(a, DenseColumns | SampleColumns):
+    if isinstance(a, _DataColumns):
         a2 = type(a)(torch.cat([a.data, a.data]), half)
     if isinstance(b, OuterColumns):
         c = a.sign.shape[0]
@@ -187,9 +213,14 @@ def per_sample_or_dense(block: Columns, out_shape: tuple, dim: int) -> Columns:
     """``block`` in a layout an op that mixes values along ``dim`` can act on.
 
     Per-sample columns stay so unless ``dim`` is the sample dim (then the op
-    mixes samples); outer-product columns are written out. Either way
-    ``data[c]`` has the node's shape, so the op applies to ``data`` directly.
+    mixes samples), per-token ones unless ``dim`` is a token dim (0 or 1);
+    outer-product columns are written out. Either way ``data[c]`` has the
+    node's shape, so the op applies to ``data`` directly.
     """
+    if isinstance(block, TokenColumns):
+        if dim >= 2:
+            return block
+        block = block.per_sample()
     if isinstance(block, OuterColumns) or (
         isinstance(block, SampleColumns) and dim == 0
     ):
@@ -213,8 +244,12 @@ def row_columns(
 
     ``factors[n, r, j]`` (``[N, R, J, K]``, see :func:`rows_along`) is column
     ``j`` of row ``r`` of sample ``n``, with sign ``signs[n, r, j]``; it is
-    zero off that row. Lazy: written out a slice at a time.
+    zero off that row. Lazy: written out a slice at a time; per token
+    (:class:`~.columns.TokenColumns`, column ``j`` of every token) when the
+    rows are the tokens of a ``[B, L, K]`` value.
     """
+    if len(shape) == 3 and dim == 2:
+        return TokenColumns(factors.permute(2, 0, 1, 3), signs.permute(2, 0, 1))
     k = factors.shape[-1]
     moved = [s for i, s in enumerate(shape) if i != dim]
 
@@ -238,6 +273,25 @@ class Rule:
     # columns before its own pullback (max pool: exact, a pooled column lands
     # on window maxima only, where the mask is the one the op below applies)
     takes_input_mask = False
+    # the rule acts on per-token columns (TokenColumns) as they are; others
+    # get them per sample (see :meth:`accept`)
+    takes_tokens = False
+    # the rule acts on per-sample columns of a [B * L, ...] view (GroupColumns)
+    takes_groups = False
+    # the rule acts on lazy per-sample matrix products (ProductColumns)
+    takes_products = False
+
+    def accept(self, ctx: OpContext, block: Columns) -> Columns:
+        """``block`` in a layout this rule acts on at this node: per-token
+        columns go per sample and grouped ones are written out, unless the
+        rule takes them."""
+        if isinstance(block, TokenColumns) and not self.takes_tokens:
+            return block.per_sample()
+        if isinstance(block, GroupColumns) and not self.takes_groups:
+            return block.to_dense(ctx.out_shape)
+        if isinstance(block, ProductColumns) and not self.takes_products:
+            return block.written_out()
+        return block
 
     def pullback(self, ctx: OpContext, block: Columns, pos: int) -> Columns:
         if ctx.out_shape == ():  # scalar output: the Jacobian is the gradient
@@ -288,6 +342,8 @@ def call_backward(fn: Any, *grads: torch.Tensor | None) -> tuple:
 
 class Identity(Rule):
     """An op that passes its input on unchanged (clone, alias, x + number)."""
+
+    takes_tokens = True
 
     def pullback(self, ctx, block, pos):
         return block

@@ -23,6 +23,12 @@ columns small:
   a convolution's per-sample weight gradients are: column ``(c, n)`` is
   ``left[c, n] @ right[n]^T`` (per group). Only squared and summed at the
   parameter (a sample at a time, in chunks), never written out whole.
+* :class:`TokenColumns`: columns that each touch one token of a ``[B, L, ...]``
+  value (dims 0 and 1): ``data[c, b, l]`` is the part of column ``(b, l, c)``
+  at token ``(b, l)``. ``B * L * C`` columns in the memory of ``C``; they
+  stay so through the ops that act on each token apart (Linear layers,
+  LayerNorm, activations, residual sums) and go per sample at the first op
+  that mixes tokens (attention), ``L`` times larger.
 * :class:`DiagonalColumns`: the columns of ``diag(weights)`` (an
   activation's own curvature), written out a slice at a time
   (``take``), so a large set of them need not exist at once.
@@ -31,7 +37,11 @@ columns small:
   slice at a time too.
 
 Columns are independent of each other, so a block can travel in slices of
-its leading (column) axis and the slices' contributions add.
+its leading (column) axis and the slices' contributions add. Written out
+(``to_dense``), every layout numbers its columns sample-major, ``(n, c)``
+(``(b, l, c)`` for tokens): the same columns reach a node in one order
+whatever layouts they took on the way, so parts that arrive along different
+paths add column by column.
 
 Example:
     >>> import torch
@@ -133,10 +143,57 @@ class SampleColumns(_DataColumns):
     def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
         """The same ``C * N`` columns written out at full size (memory ``C N^2``)."""
         c, n = self.data.shape[:2]
-        out = self.data.new_zeros((c, n, *shape))
+        out = self.data.new_zeros((n, c, *shape))
         idx = torch.arange(n, device=self.data.device)
-        out[:, idx, idx] = self.data
-        return DenseColumns(out.reshape(c * n, *shape), self.sign.reshape(c * n))
+        out[idx, :, idx] = self.data.transpose(0, 1)
+        return DenseColumns(out.reshape(n * c, *shape), self.sign.T.reshape(n * c))
+
+
+@dataclass
+class TokenColumns(_DataColumns):
+    """Per-token columns of a ``[B, L, ...]`` value: ``data`` ``[C, B, L, ...]``.
+
+    Column ``(b, l, c)`` is ``data[c, b, l]`` at token ``(b, l)`` and zero at
+    every other token; its sign is ``sign[c, b, l]``.
+    """
+
+    @property
+    def column_bytes(self) -> int:  # as written out per sample: L columns each
+        return self.data[0].numel() * self.data.element_size() * self.data.shape[2]
+
+    def per_sample(self) -> SampleColumns:
+        """The same columns per sample: ``L * C`` of them, column ``l * C + c``."""
+        c, b, ell = self.sign.shape
+        out = self.data.new_zeros((ell, c, b, *self.data.shape[2:]))
+        idx = torch.arange(ell, device=self.data.device)
+        out[idx, :, :, idx] = self.data.movedim(2, 0)
+        sign = self.sign.permute(2, 0, 1).reshape(ell * c, b)
+        return SampleColumns(out.reshape(ell * c, *out.shape[2:]), sign)
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        return self.per_sample().to_dense(shape)
+
+
+@dataclass
+class GroupColumns(_DataColumns):
+    """Per-sample columns of a ``[B * L, ...]`` value whose sample owns ``L`` rows.
+
+    ``data[c, b]`` (``[C, B, L, ...]``) is column ``(b, c)`` at rows
+    ``b * L .. b * L + L - 1``, zero elsewhere; signs ``[C, B]``. What the
+    ``view(B * L, F)`` in front of a transformer's Linear layers makes of
+    per-sample columns.
+    """
+
+    def samples_view(self) -> SampleColumns:
+        """The same columns at the ``[B, L, ...]`` value the rows come from."""
+        return SampleColumns(self.data, self.sign)
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        dense = self.samples_view().to_dense(tuple(self.data.shape[1:]))
+        return DenseColumns(dense.data.reshape(-1, *shape), dense.sign)
+
+    def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return super().square_sum(shape).reshape(shape)
 
 
 @dataclass
@@ -172,7 +229,7 @@ class OuterColumns(ColumnBlock):
         cols = left.unsqueeze(-1) * right.unsqueeze(-2)  # [C, N, a, b]
         c, n = self.sign.shape
         cols = cols.expand(c, n, *cols.shape[2:])
-        return DenseColumns(cols.reshape(c * n, *shape), self.sign.reshape(c * n))
+        return one_per_column(cols, self.sign, shape)
 
     def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
         if len(shape) == 2:
@@ -189,13 +246,22 @@ class ProductColumns(ColumnBlock):
     """Column ``(c, n)`` is ``left[c, n, g] @ right[n, g]^T`` over groups ``g``.
 
     ``left`` is ``[C, N, G, O, L]``, ``right`` ``[N, G, K, L]``; the column,
-    ``[G, O, K]``, is read as ``shape`` (``[G * O, K]`` in row-major order).
+    ``[G, O, K]``, is read as ``shape`` (``[G * O, K]`` in row-major order);
+    when ``transposed`` (``G`` is 1) the column is its transpose, ``[K, O]``.
     """
 
     left: torch.Tensor
     right: torch.Tensor
     sign: torch.Tensor  # [C, N]
     shape: tuple[int, ...]
+    transposed: bool = False
+
+    def transpose(self) -> ProductColumns:
+        """The same columns transposed (``G`` must be 1)."""
+        shape = tuple(reversed(self.shape))
+        return ProductColumns(
+            self.left, self.right, self.sign, shape, not self.transposed
+        )
 
     @property
     def column_bytes(self) -> int:  # written out: N columns per slice
@@ -203,13 +269,18 @@ class ProductColumns(ColumnBlock):
 
     def take(self, start: int, stop: int) -> ProductColumns:
         return ProductColumns(
-            self.left[start:stop], self.right, self.sign[start:stop], self.shape
+            self.left[start:stop],
+            self.right,
+            self.sign[start:stop],
+            self.shape,
+            self.transposed,
         )
 
     def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
         data = torch.einsum("cngol,ngkl->cngok", self.left, self.right)
-        c, n = self.sign.shape
-        return DenseColumns(data.reshape(c * n, *shape), self.sign.reshape(c * n))
+        if self.transposed:
+            data = data.transpose(-1, -2)
+        return one_per_column(data, self.sign, shape)
 
     def written_out(self) -> DenseColumns:
         return self.to_dense(self.shape)
@@ -227,6 +298,8 @@ class ProductColumns(ColumnBlock):
             rhs = self.right[a:b].reshape((b - a) * g, k, ell).transpose(1, 2)
             prod = torch.bmm(lhs, rhs).square_().reshape(b - a, g, c, o, k)
             total += torch.einsum("cn,ngcok->gok", self.sign[:, a:b], prod)
+        if self.transposed:
+            total = total[0].T
         return total.reshape(self.shape)
 
 
@@ -246,7 +319,8 @@ class DiagonalColumns(_Lazy):
 
     Column ``j`` is ``e_j sqrt|w_j|`` with sign ``sign(w_j)``; with a batch
     dim (``weights`` of shape ``[N, *rest]``) the columns are per-sample
-    (``j`` runs over ``rest``). Nothing is written out until asked for.
+    (``j`` runs over ``rest``), and per token when ``weights`` is ``[B, L, K]``
+    (``j`` runs over ``K``). Nothing is written out until asked for.
     """
 
     weights: torch.Tensor
@@ -254,17 +328,27 @@ class DiagonalColumns(_Lazy):
     @property
     def count(self) -> int:
         shape = self.weights.shape
+        if len(shape) == 3:
+            return shape[2]
         return shape[1:].numel() if len(shape) >= 2 else shape.numel()
 
     @property
     def column_bytes(self) -> int:
-        return self.weights.numel() * self.weights.element_size()
+        tokens = self.weights.shape[1] if self.weights.dim() == 3 else 1
+        return self.weights.numel() * self.weights.element_size() * tokens
 
-    def take(self, start: int, stop: int) -> DenseColumns | SampleColumns:
+    def take(
+        self, start: int, stop: int
+    ) -> DenseColumns | SampleColumns | TokenColumns:
         """Columns ``start:stop`` written out."""
         w = self.weights
         k = stop - start
         idx = torch.arange(k, device=w.device)
+        if w.dim() == 3:
+            part = w[..., start:stop].movedim(2, 0)  # [k, B, L]
+            data = w.new_zeros(k, *w.shape)
+            data[idx, :, :, start + idx] = part.abs().sqrt()
+            return TokenColumns(data, part.sign())
         if w.dim() >= 2:
             n = w.shape[0]
             flat = w.reshape(n, -1)[:, start:stop]
@@ -322,29 +406,59 @@ class RowColumns(_Lazy):
         return DenseColumns(data, sign.reshape(-1))
 
 
-Columns = DenseColumns | SampleColumns | OuterColumns | ProductColumns
+Columns = (
+    DenseColumns
+    | SampleColumns
+    | TokenColumns
+    | GroupColumns
+    | OuterColumns
+    | ProductColumns
+)
+
+
+def one_per_column(
+    data: torch.Tensor, sign: torch.Tensor, shape: tuple[int, ...] | None = None
+) -> DenseColumns:
+    """Per-sample (or per-token) columns as dense ones, sample-major.
+
+    ``data`` is ``[C, *lead, *value]`` with ``sign`` ``[C, *lead]``; column
+    ``(*lead, c)`` becomes dense column ``flat(lead) * C + c``, of ``shape``
+    (default: ``data``'s value dims). The order every layout writes out in.
+    """
+    lead = sign.dim() - 1
+    value = data.shape[1 + lead :] if shape is None else shape
+    flat = data.movedim(0, lead).reshape(-1, *value)
+    return DenseColumns(flat, sign.movedim(0, lead).reshape(-1))
+
+
+def _add_all(parts: list[_DataColumns]) -> _DataColumns:
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.add(p)
+    return total
 
 
 def combine(parts: list[Columns], shape: tuple[int, ...]) -> Columns:
     """One block for the columns of one source that arrived by several paths.
 
     The same columns reached the node along different paths, so they add
-    (before any squaring). Layouts that differ are written out densely first.
+    (before any squaring): per token or per sample where all parts allow it,
+    else written out densely first.
     """
+    if len(parts) == 1 and isinstance(parts[0], ProductColumns):
+        return parts[0]  # lazy until a rule needs it written out (Rule.accept)
     parts = [p.written_out() for p in parts]  # the rules act on data
     if len(parts) == 1:
         return parts[0]
     kinds = {type(p) for p in parts}
+    if kinds in ({TokenColumns}, {GroupColumns}):
+        return _add_all(parts)
+    if kinds == {SampleColumns, TokenColumns}:
+        parts = [p.per_sample() if isinstance(p, TokenColumns) else p for p in parts]
+        kinds = {SampleColumns}
     if kinds == {SampleColumns} and len({p.samples for p in parts}) == 1:
-        total = parts[0]
-        for p in parts[1:]:
-            total = total.add(p)
-        return total
-    dense = [p.to_dense(shape) for p in parts]
-    total = dense[0]
-    for p in dense[1:]:
-        total = total.add(p)
-    return total
+        return _add_all(parts)
+    return _add_all([p.to_dense(shape) for p in parts])
 
 
 def concatenate(blocks: list[Columns]) -> list[Columns]:
@@ -354,22 +468,25 @@ def concatenate(blocks: list[Columns]) -> list[Columns]:
     here on (their sums of squares then stay separate, as they must).
     """
     samples: dict[int, list[SampleColumns]] = {}
+    tokens: dict[tuple, list[TokenColumns | GroupColumns]] = {}
     dense: list[DenseColumns] = []
     rest: list[Columns] = []
     for b in blocks:
-        if isinstance(b, SampleColumns):
+        if isinstance(b, TokenColumns | GroupColumns):
+            tokens.setdefault((type(b), tuple(b.data.shape[1:])), []).append(b)
+        elif isinstance(b, SampleColumns):
             samples.setdefault(b.samples, []).append(b)
         elif isinstance(b, DenseColumns):
             dense.append(b)
         else:
             rest.append(b)
     out: list[Columns] = []
-    for group in samples.values():
+    for group in [*samples.values(), *tokens.values()]:
         if len(group) == 1:
             out.append(group[0])
         else:
             out.append(
-                SampleColumns(
+                type(group[0])(
                     torch.cat([b.data for b in group]),
                     torch.cat([b.sign for b in group]),
                 )
@@ -383,6 +500,46 @@ def concatenate(blocks: list[Columns]) -> list[Columns]:
     return out + dense + rest
 
 
+# compressed() factors columns of at most this many entries (per sample, or
+# per token), and only when there are this many times more columns than that
+COMPRESS_MAX_ENTRIES = 1024
+COMPRESS_RATIO = 1.5
+
+
+def compressed(block: Columns) -> Columns:
+    """The same curvature with at most one column per entry of a column.
+
+    ``sum_c s_c v_c v_c^T`` per sample (per token, or for the whole value) is
+    a ``D x D`` matrix when a column has ``D`` entries there; with more than
+    ``D`` columns (``COMPRESS_RATIO`` times as many) its eigendecomposition
+    gives ``D`` signed columns with the same sum, so everything downstream
+    costs less. Only for columns that will
+    meet no others of their source (they are renumbered).
+
+    Example:
+        >>> cols = DenseColumns(torch.tensor([[1.0, 0], [1, 0], [0, 2]]),
+        ...                     torch.tensor([1.0, -1.0, 1.0]))
+        >>> compressed(cols).count, leaf_diagonal([compressed(cols)], (2,))
+        (2, tensor([0., 4.]))
+    """
+    if not isinstance(block, DenseColumns | SampleColumns | TokenColumns):
+        return block
+    lead = block.sign.dim() - 1
+    data = block.data
+    entries = data[(0,) * (1 + lead)].numel()
+    if block.count < COMPRESS_RATIO * entries or entries > COMPRESS_MAX_ENTRIES:
+        return block
+    where = data.shape[1 : 1 + lead]
+    vectors = data.reshape(block.count, -1, entries).transpose(0, 1)  # [P, C, D]
+    signs = block.sign.reshape(block.count, -1).T.unsqueeze(-1)  # [P, C, 1]
+    gram = vectors.transpose(1, 2) @ (signs * vectors)  # [P, D, D]
+    values, bases = torch.linalg.eigh(gram)
+    columns = bases * values.abs().sqrt().unsqueeze(1)  # [P, D, D(cols)]
+    data = columns.permute(2, 0, 1).reshape(entries, *where, *data.shape[1 + lead :])
+    sign = values.sign().T.reshape(entries, *where)
+    return type(block)(data, sign)
+
+
 def _signed(sign: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
     return sign.reshape(*sign.shape, *([1] * (data.dim() - sign.dim()))) * data
 
@@ -391,7 +548,9 @@ def _signed_sum(sign: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
     """``sum_c sign[c, ...] data[c, ...]`` as one contraction."""
     if sign.dim() == 1:
         return torch.tensordot(sign, data, dims=1)
-    return torch.einsum("cn,cn...->n...", sign, data)
+    if sign.dim() == 2:
+        return torch.einsum("cn,cn...->n...", sign, data)
+    return _signed(sign, data).sum(0)
 
 
 def _outer_diagonal(parts: list[OuterColumns]) -> torch.Tensor:

@@ -41,7 +41,7 @@ from ...graph import trace
 from ...nodes import ACCUMULATE_OP
 from ..params import ParamSet, as_params, check_scalar_loss
 from .base import OpContext, UnsupportedOpError, call_backward
-from .columns import Columns, combine, concatenate, leaf_diagonal
+from .columns import Columns, combine, compressed, concatenate, leaf_diagonal
 from .registry import rule_for
 
 __all__ = [
@@ -148,7 +148,7 @@ class _Plan:
 
     def over_budget(self) -> str | None:
         """Why the sweep would not fit in memory (None: it would)."""
-        need, budget = self.peak_bytes(CHUNK_BYTES), memory_budget()
+        need, budget = self.peak_bytes(DRAIN_BYTES), memory_budget()
         if need <= budget:
             return None
         return (
@@ -164,6 +164,15 @@ class _Plan:
         """Everything that stops propagation here: ops without a rule, memory."""
         memory = self.over_budget()
         return self.missing_rules() + ([] if memory is None else [memory])
+
+    def inner_below(self, node: int) -> bool:
+        """Does ``node`` feed an op (not only parameters) on the way down?"""
+        fn = self.fns[node]
+        return any(
+            child is not None and self.index[child] not in self.leaf
+            for child, _ in fn.next_functions
+            if child is not None and self.reach[self.index[child]]
+        )
 
     def relevant(self) -> list[int]:
         return [n for n in self.order if self.reach[n]]
@@ -243,6 +252,10 @@ def memory_budget() -> int:
 # on their own (see :class:`_Drain`), so memory stays bounded by a slice and not
 # by the number of columns (one per activation for an activation's curvature).
 CHUNK_BYTES = 8 << 20
+# ... and only once they are larger than this: below it they stay in the sweep,
+# where columns of several sources that never meet again are merged and
+# compressed (:func:`~.columns.compressed`) into fewer
+DRAIN_BYTES = 64 << 20
 
 
 def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
@@ -383,7 +396,7 @@ class _Drain:
         counts = {p.count for parts in start.values() for p in parts}
         if len(counts) != 1:
             return False
-        return max(counts) * self._column_bytes(start) > self.chunk_bytes
+        return max(counts) * self._column_bytes(start) > DRAIN_BYTES
 
     def __call__(self, start: dict[int, list]) -> None:
         """Propagate the columns ``start`` holds (node -> parts) to the parameters."""
@@ -402,9 +415,13 @@ class _Drain:
                     self.to_leaf(node, arrived)
                     continue
                 ctx, children = self.contexts[node]
-                block = combine(arrived, ctx.out_shape)
-                del arrived
                 rule = rule_for(ctx.op)
+                block = rule.accept(ctx, combine(arrived, ctx.out_shape))
+                del arrived
+                # the source's columns are all here: the rule may renumber them
+                ctx.whole = not any(
+                    self.plan.reach[m] & self.plan.reach[node] for m in pending
+                )
                 for pos, child in enumerate(children):
                     if child is not None:
                         pulled = rule.pullback(ctx, block, pos)
@@ -436,7 +453,7 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
     def meets_again(source: int, node: int) -> bool:
         """Can this source's columns elsewhere reach a parameter ``node`` reaches?"""
         bits = 0
-        for other in holders[source]:
+        for other in holders.get(source, ()):  # merged sources: none elsewhere
             bits |= reach[other]
         return bool(bits & reach[node])
 
@@ -455,16 +472,22 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
         blocks = {s: combine(parts, ctx.out_shape) for s, parts in sources.items()}
         del sources
         local = [s for s in blocks if not meets_again(s, node)]
-        for s in local:  # large and on their own: to the parameters in slices
+        # fewer columns only pay where more than a parameter lies below
+        squeeze = compressed if plan.inner_below(node) else (lambda block: block)
+        for s in local:  # on their own: fewer columns, or in slices if large
+            blocks[s] = squeeze(blocks[s])
             if drain.worth_it({node: [blocks[s]]}):
                 drain({node: [blocks.pop(s)]})
         local = [s for s in local if s in blocks]
         if len(local) > 1:  # their columns never meet again: one wider block
             for merged in concatenate([blocks.pop(s) for s in local]):
-                blocks[next_source] = merged
+                blocks[next_source] = squeeze(merged)
                 next_source += 1
         for source in list(blocks):
-            block = blocks.pop(source)  # freed once every input has its pullback
+            # freed once every input has its pullback
+            block = rule.accept(ctx, blocks.pop(source))
+            # the source's columns are all here: the rule may renumber them
+            ctx.whole = not meets_again(source, node)
             for pos, child in enumerate(children):
                 if child is not None:
                     pulled = rule.pullback(ctx, block, pos)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Rule
-from ..columns import DenseColumns, SampleColumns
+from ..columns import DenseColumns, SampleColumns, TokenColumns
 from ..registry import register
 from .elementwise import Elementwise, _from_input
 
@@ -59,6 +59,8 @@ def _piecewise_linear(fn):
 class Cast(Rule):
     """``x.to(dtype or device)``: the identity, with the columns cast back."""
 
+    takes_tokens = True
+
     def pullback(self, ctx, block, pos):
         child, out_nr = ctx.fn.next_functions[pos]
         meta = (
@@ -68,7 +70,7 @@ class Cast(Rule):
             dtype, device = child.variable.dtype, child.variable.device
         else:
             dtype, device = meta.dtype, meta.device
-        if not isinstance(block, DenseColumns | SampleColumns):
+        if not isinstance(block, DenseColumns | SampleColumns | TokenColumns):
             block = block.to_dense(ctx.out_shape)
         cast = {"dtype": dtype, "device": device}
         return type(block)(block.data.to(**cast), block.sign.to(**cast))

@@ -32,7 +32,13 @@ import torch
 from torch.func import jacrev, vjp, vmap
 
 from ..base import OpContext, Rule, cross_pair
-from ..columns import Columns, DenseColumns, OuterColumns, SampleColumns
+from ..columns import (
+    Columns,
+    DenseColumns,
+    GroupColumns,
+    OuterColumns,
+    SampleColumns,
+)
 from ..registry import register
 from .elementwise import Softmax
 from .linalg import MatMul
@@ -42,6 +48,8 @@ __all__ = ["BatchedMatMul", "FusedAttention", "attention"]
 
 class BatchedMatMul(MatMul):
     """``out = beta bias + alpha batch1 @ batch2`` over a batch dim (dim 0)."""
+
+    takes_groups = True
 
     def _mats(self, ctx: OpContext) -> tuple[torch.Tensor, torch.Tensor, float]:
         fn = ctx.fn
@@ -54,13 +62,18 @@ class BatchedMatMul(MatMul):
             return super().pullback(ctx, block, pos)
         a, b, alpha = self._mats(ctx)
         if isinstance(block, OuterColumns) or not isinstance(
-            block, DenseColumns | SampleColumns
+            block, DenseColumns | SampleColumns | GroupColumns
         ):
             block = block.to_dense(ctx.out_shape)
+        data = block.data
+        if isinstance(block, GroupColumns):  # batch entries b * H .. : flat
+            data = data.flatten(1, 2)
         if pos == self.offset:  # data[c] @ b^T, per batch entry
-            data = block.data @ (b.transpose(1, 2) * alpha)
+            data = data @ (b.transpose(1, 2) * alpha)
         else:
-            data = (a.transpose(1, 2) * alpha) @ block.data
+            data = (a.transpose(1, 2) * alpha) @ data
+        if isinstance(block, GroupColumns):
+            data = data.unflatten(1, block.data.shape[1:3])
         return type(block)(data, block.sign)
 
     def residual(self, ctx):

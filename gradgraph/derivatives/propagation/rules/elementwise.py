@@ -40,6 +40,8 @@ from ..registry import register
 class AddSub(Rule):
     """a + alpha b, a - alpha b."""
 
+    takes_tokens = True
+
     def __init__(self, sign: float):
         self.sign = sign
 
@@ -53,6 +55,8 @@ class AddSub(Rule):
 class Scale(Rule):
     """Multiplication or division by a saved number (MulBackward1, DivBackward1)."""
 
+    takes_tokens = True
+
     def __init__(self, divide: bool):
         self.divide = divide
 
@@ -64,12 +68,16 @@ class Scale(Rule):
 class Negate(Rule):
     """-x, and ``c - alpha x`` (RsubBackward1)."""
 
+    takes_tokens = True
+
     def pullback(self, ctx, block, pos):
         return scale(block, -getattr(ctx.fn, "_saved_alpha", 1), ctx.out_shape)
 
 
 class Multiply(Rule):
     """a * b: linear in each factor, with a cross term when both share a parameter."""
+
+    takes_tokens = True
 
     def pullback(self, ctx, block, pos):
         other = ctx.fn._saved_other if pos == 0 else ctx.fn._saved_self
@@ -98,6 +106,8 @@ class Divide(Rule):
     ``diag(g 2a / b^3)`` at ``b`` and, when ``a`` and ``b`` share a parameter,
     the cross term ``-g / b^2`` between them.
     """
+
+    takes_tokens = True
 
     def pullback(self, ctx, block, pos):
         fn = ctx.fn
@@ -136,6 +146,8 @@ class Elementwise(Rule):
 
     ``derivatives(fn)`` returns ``(f'(x), f''(x))`` from what the node saved.
     """
+
+    takes_tokens = True
 
     def __init__(
         self,
@@ -214,6 +226,8 @@ class Softmax(Rule):
     ``K`` diagonal columns plus ``(y - u) / sqrt 2`` (sign +1) and
     ``(y + u) / sqrt 2`` (sign -1), per row.
     """
+
+    takes_tokens = True
 
     def pullback(self, ctx, block, pos):
         y = ctx.fn._saved_result

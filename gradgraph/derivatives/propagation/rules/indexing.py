@@ -31,7 +31,7 @@ import torch
 from torch.func import vmap
 
 from ..base import OpContext, Rule, saved_dim, unbroadcast
-from ..columns import Columns, SampleColumns
+from ..columns import Columns, SampleColumns, TokenColumns
 from ..registry import register
 
 __all__ = ["ByOwnBackward", "Tiling"]
@@ -41,68 +41,91 @@ def _dim(fn: Any, rank: int, name: str = "_saved_dim") -> int:
     return saved_dim(getattr(fn, name), rank)
 
 
-def _dim_not_batch(fn: Any, in_shape: tuple, out_shape: tuple) -> bool:
-    """The op's ``dim`` is not dim 0 (``stack`` counts it in its output)."""
+def _along_dim(fn: Any, in_shape: tuple, out_shape: tuple) -> int:
+    """The op's ``dim`` (``stack`` counts it in its output)."""
     rank = len(out_shape) if type(fn).__name__ == "StackBackward0" else len(in_shape)
-    return _dim(fn, rank) != 0
+    return _dim(fn, rank)
 
 
-def _transpose_keeps_batch(fn, in_shape, out_shape) -> bool:
+def _transposed_dims(fn, in_shape, out_shape) -> int:
     rank = len(in_shape)
-    return 0 not in (saved_dim(fn._saved_dim0, rank), saved_dim(fn._saved_dim1, rank))
+    return min(saved_dim(fn._saved_dim0, rank), saved_dim(fn._saved_dim1, rank))
 
 
-def _index_keeps_batch(fn, in_shape, out_shape) -> bool:
-    """``x[:, i, j]``: dim 0 untouched and the index tensors side by side."""
+def _indexed_dims(fn, in_shape, out_shape) -> int:
+    """``x[:, i, j]``: the first indexed dim, with the index tensors side by side
+    (0 when they are not: the indices then move the values anywhere)."""
     where = [k for k, i in enumerate(fn._saved_indices) if i is not None]
-    return (
-        bool(where) and where[0] > 0 and where == list(range(where[0], where[-1] + 1))
-    )
+    together = bool(where) and where == list(range(where[0], where[-1] + 1))
+    return where[0] if together else 0
 
 
-def _elementwise(fn, in_shape, out_shape) -> bool:
-    return True
+def _elementwise(fn, in_shape, out_shape) -> int:
+    return len(in_shape)
 
 
-def _flip_keeps_batch(fn, in_shape, out_shape) -> bool:
-    return all(saved_dim(d, len(in_shape)) != 0 for d in fn._saved_dims)
+def _flipped_dims(fn, in_shape, out_shape) -> int:
+    return min(saved_dim(d, len(in_shape)) for d in fn._saved_dims)
 
 
-def _tril_keeps_batch(fn, in_shape, out_shape) -> bool:
-    return len(in_shape) >= 3  # acts on the last two dims
+def _last_two(fn, in_shape, out_shape) -> int:
+    return len(in_shape) - 2  # tril / triu act on the last two dims
 
 
-def _never(fn, in_shape, out_shape) -> bool:
-    return False
+def _everywhere(fn, in_shape, out_shape) -> int:
+    return 0
 
 
-KeepsBatch = Callable[[Any, tuple, tuple], bool]
+FirstDim = Callable[[Any, tuple, tuple], int]
 
 
 class ByOwnBackward(Rule):
     """A linear op: columns go back through the node's own backward, all at once.
 
-    ``keeps_batch(fn, in_shape, out_shape)`` says whether the op leaves the
-    samples (dim 0) apart, so that per-sample columns can stay per-sample.
+    ``first_dim(fn, in_shape, out_shape)`` is the lowest dim the op moves
+    values along: per-sample columns stay per-sample when it is not the
+    batch dim (dim 0), per-token ones when it is neither token dim (0, 1).
+    A slice of the tokens (``logits[:, :-1]``) keeps per-token columns too
+    when they are all of their source (they are renumbered).
     """
 
-    def __init__(self, keeps_batch: KeepsBatch):
-        self.keeps_batch = keeps_batch
+    takes_tokens = True
+
+    def __init__(self, first_dim: FirstDim):
+        self.first_dim = first_dim
 
     def refuses(self, fn, flows, coupled):
         if getattr(fn, "_saved_sparse", False) or getattr(fn, "_saved_sparse_grad", 0):
             return f"{type(fn).__name__} (sparse gradients; use sparse=False)"
         return None
 
+    def _first(self, ctx: OpContext, lead: int) -> bool:
+        """Do all inputs keep their first ``lead`` dims, untouched by the op?"""
+        shapes = [s for s in ctx.in_shapes if s is not None]
+        return all(
+            len(s) == len(ctx.out_shape)
+            and tuple(s[:lead]) == tuple(ctx.out_shape[:lead])
+            and self.first_dim(ctx.fn, s, ctx.out_shape) >= lead
+            for s in shapes
+        )
+
+    def _renumbers_tokens(self, ctx: OpContext) -> bool:
+        """A step-1 slice along dim 1 of a source whose columns are all here."""
+        fn = ctx.fn
+        return (
+            ctx.whole
+            and type(fn).__name__ == "SliceBackward0"
+            and _dim(fn, len(ctx.out_shape)) == 1
+            and fn._saved_step == 1
+        )
+
     def _layout(self, ctx: OpContext, block: Columns) -> Columns:
+        if isinstance(block, TokenColumns):
+            if self._first(ctx, 2) or self._renumbers_tokens(ctx):
+                return block
+            block = block.per_sample()
         if isinstance(block, SampleColumns):
-            shapes = [s for s in ctx.in_shapes if s is not None]
-            if all(
-                len(s) == len(ctx.out_shape)
-                and s[0] == block.samples
-                and self.keeps_batch(ctx.fn, s, ctx.out_shape)
-                for s in shapes
-            ):
+            if self._first(ctx, 1) and ctx.out_shape[0] == block.samples:
                 return block
         return block.to_dense(ctx.out_shape)
 
@@ -118,6 +141,15 @@ class ByOwnBackward(Rule):
 
         return vmap(back)(data)
 
+    def _moved_sign(self, ctx: OpContext, block: TokenColumns) -> torch.Tensor:
+        """The signs of renumbered per-token columns, moved as their tokens are."""
+        c, b, ell = block.sign.shape
+        start = ctx.fn._saved_start
+        a = 0 if start is None else saved_dim(start, ctx.in_shapes[0][1])
+        sign = block.sign.new_zeros(c, b, ctx.in_shapes[0][1])
+        sign[:, :, a : a + ell] = block.sign
+        return sign
+
     def pullback(self, ctx, block, pos):
         memo = ctx.memo.get("pullback")
         if memo is None or memo[0] is not block:  # one backward for all inputs
@@ -126,7 +158,10 @@ class ByOwnBackward(Rule):
             ctx.memo["pullback"] = memo
         _, laid, grads = memo
         data = grads[pos]
-        out = type(laid)(data, laid.sign)
+        sign = laid.sign
+        if isinstance(laid, TokenColumns) and data.shape[1:3] != laid.data.shape[1:3]:
+            sign = self._moved_sign(ctx, laid)  # a slice of the tokens
+        out = type(laid)(data, sign)
         grad_shape = tuple(data.shape[1:])
         if grad_shape != ctx.in_shapes[pos]:  # the engine's sum for broadcasts
             out = unbroadcast(out, ctx.in_shapes[pos], grad_shape)
@@ -177,20 +212,20 @@ class Tiling(Rule):
 
 
 register(
-    ByOwnBackward(_dim_not_batch),
+    ByOwnBackward(_along_dim),
     "CatBackward0",
     "StackBackward0",
     "SelectBackward0",
     "SliceBackward0",
     "GatherBackward0",
 )
-register(ByOwnBackward(_index_keeps_batch), "IndexBackward0")
+register(ByOwnBackward(_indexed_dims), "IndexBackward0")
 register(
-    ByOwnBackward(_transpose_keeps_batch), "TransposeBackward0", "TransposeBackward1"
+    ByOwnBackward(_transposed_dims), "TransposeBackward0", "TransposeBackward1"
 )
-register(ByOwnBackward(_flip_keeps_batch), "FlipBackward0")
-register(ByOwnBackward(_tril_keeps_batch), "TrilBackward0", "TriuBackward0")
-register(ByOwnBackward(_never), "RepeatBackward0", "EmbeddingBackward0")
+register(ByOwnBackward(_flipped_dims), "FlipBackward0")
+register(ByOwnBackward(_last_two), "TrilBackward0", "TriuBackward0")
+register(ByOwnBackward(_everywhere), "RepeatBackward0", "EmbeddingBackward0")
 register(
     ByOwnBackward(_elementwise),
     "WhereBackward0",

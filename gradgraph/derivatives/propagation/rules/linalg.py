@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 
 from ..base import Rule, cross_pair, scale, unbroadcast
-from ..columns import DenseColumns, OuterColumns, SampleColumns
+from ..columns import (
+    DenseColumns,
+    GroupColumns,
+    OuterColumns,
+    ProductColumns,
+    SampleColumns,
+)
 from ..registry import register
 
 
@@ -27,6 +33,8 @@ class MatMul(Rule):
     The residual is the cross term between ``mat1`` and ``mat2``, needed only
     when both depend on one parameter (a weight used twice).
     """
+
+    takes_groups = True
 
     def __init__(self, with_bias: bool):
         self.offset = 1 if with_bias else 0
@@ -49,6 +57,12 @@ class MatMul(Rule):
         if pos == self.offset:  # mat1
             data = block.data @ (mat2.T * alpha)
             return type(block)(data, block.sign)
+        if isinstance(block, GroupColumns):  # mat2: per sample, mat1_b^T @ v_b
+            b, ell = block.data.shape[1:3]
+            left = block.data.transpose(-1, -2).unsqueeze(2)  # [C, B, 1, M, L]
+            right = (mat1 * alpha).reshape(b, ell, -1).transpose(-1, -2)
+            shape = tuple(ctx.in_shapes[pos])
+            return ProductColumns(left, right.unsqueeze(1), block.sign, shape, True)
         if isinstance(block, SampleColumns):  # mat2
             return OuterColumns((mat1 * alpha).unsqueeze(0), block.data, block.sign)
         return DenseColumns(alpha * mat1.T @ block.data, block.sign)

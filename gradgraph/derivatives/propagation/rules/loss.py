@@ -84,6 +84,7 @@ class LogSoftmax(Rule):
     """
 
     loss = True
+    takes_tokens = True
 
     def _p(self, ctx):
         p = ctx.fn._saved_result.exp()

@@ -38,13 +38,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import OpContext, Rule
+from ..base import OpContext, Rule, row_columns
 from ..columns import (
     Columns,
     DenseColumns,
     OuterColumns,
     RowColumns,
     SampleColumns,
+    TokenColumns,
+    one_per_column,
 )
 from ..registry import register
 
@@ -124,16 +126,14 @@ def _dense_unless_per_sample(block: Columns, rows: _Rows) -> Columns:
 def _to_affine(block: Columns, rows: _Rows, param_shape: tuple) -> DenseColumns:
     """Sum columns over every dim but the affine ones: the weight's or bias' columns.
 
-    Per-sample columns become one column per (column, sample).
+    Per-sample (per-token) columns become one column per (column, sample).
     """
     keep = set(rows.affine)
-    if isinstance(block, SampleColumns):
-        dims = tuple(d + 1 for d in range(1, len(rows.shape)) if d not in keep)
+    if isinstance(block, SampleColumns | TokenColumns):
+        lead = block.sign.dim() - 1
+        dims = tuple(d + 1 for d in range(lead, len(rows.shape)) if d not in keep)
         data = block.data.sum(dims) if dims else block.data
-        c, n = data.shape[:2]
-        return DenseColumns(
-            data.reshape(c * n, *param_shape), block.sign.reshape(c * n)
-        )
+        return one_per_column(data, block.sign, param_shape)
     dims = tuple(d + 1 for d in range(len(rows.shape)) if d not in keep)
     data = block.data.sum(dims) if dims else block.data
     return DenseColumns(data.reshape(data.shape[0], *param_shape), block.sign)
@@ -221,11 +221,25 @@ class _Normalization(Rule):
             [centred, pairs[0][0].unsqueeze(2), pairs[1][0].unsqueeze(2)], dim=2
         )  # [N, R, K + 2, K]
         signs = torch.cat([(-a.sign()).expand_as(xhat), pairs[0][1], pairs[1][1]], -1)
+        if self._per_token(rows):
+            return {0: row_columns(factors, signs, rows.shape, 2)}
         return {0: RowColumns(factors, signs, rows.join, rows.per_sample)}
+
+    def _per_token(self, rows: _Rows) -> bool:
+        """Are the rows the tokens of a ``[B, L, K]`` value?"""
+        return False
+
+    def accept(self, ctx, block):
+        if isinstance(block, TokenColumns) and self._per_token(self.rows(ctx.fn)):
+            return block
+        return super().accept(ctx, block)
 
 
 class LayerNorm(_Normalization):
     """NativeLayerNormBackward0 (``nn.LayerNorm``, ``F.layer_norm``)."""
+
+    def _per_token(self, rows):
+        return len(rows.shape) == 3 and rows.r == rows.shape[1]
 
     def rows(self, fn):
         return _layer_norm_rows(fn)

@@ -16,22 +16,82 @@ Example:
 from __future__ import annotations
 
 from ..base import (
+    Columns,
     Identity,
     Rule,
     per_sample_or_dense,
     saved_dim,
     unbroadcast,
 )
-from ..columns import DenseColumns, OuterColumns, SampleColumns
+from ..columns import (
+    DenseColumns,
+    GroupColumns,
+    OuterColumns,
+    ProductColumns,
+    SampleColumns,
+    TokenColumns,
+)
 from ..registry import register
 
 
+def _tokens_as_rows(block: TokenColumns, shape: tuple) -> Columns | None:
+    """Per-token columns of ``[B, L, ...]`` at a ``shape`` view: still per token
+    when the view keeps ``B, L`` in front, per row (sample) when it merges
+    them (``[B * L, ...]``, the view in front of a transformer's Linear)."""
+    lead = tuple(block.data.shape[1:3])
+    if tuple(shape[:2]) == lead:
+        return TokenColumns(block.data.reshape(-1, *shape), block.sign)
+    if shape[0] == lead[0] * lead[1] and tuple(shape[1:]) == block.data.shape[3:]:
+        return SampleColumns(
+            block.data.reshape(-1, *shape), block.sign.reshape(-1, shape[0])
+        )
+    return None
+
+
+def _rows_as_tokens(block: SampleColumns, shape: tuple) -> Columns | None:
+    """Per-sample columns of a ``[B * L, ...]`` value at a ``[B, L, ...]`` view:
+    per token."""
+    if len(shape) < 3 or shape[0] * shape[1] != block.samples:
+        return None
+    if tuple(shape[2:]) != block.data.shape[2:]:
+        return None
+    sign = block.sign.reshape(-1, shape[0], shape[1])
+    return TokenColumns(block.data.reshape(-1, *shape), sign)
+
+
+def _samples_as_groups(block: SampleColumns, shape: tuple) -> Columns | None:
+    """Per-sample columns of ``[B, L, ...]`` at a ``[B * L, ...]`` view: grouped."""
+    lead = block.data.shape[1:3]
+    if block.data.dim() < 4 or len(shape) != block.data.dim() - 2:
+        return None
+    if shape[0] != lead[0] * lead[1] or tuple(shape[1:]) != block.data.shape[3:]:
+        return None
+    return GroupColumns(block.data, block.sign)
+
+
 class Reshape(Rule):
-    """view / reshape / squeeze / unsqueeze / flatten: same values, new shape."""
+    """view / reshape / squeeze / unsqueeze / flatten: same values, new shape.
+
+    Per-token columns stay per token (or per row of a ``[B * L, K]`` view,
+    the one in front of every Linear layer of a transformer) and back.
+    """
+
+    takes_tokens = True
+    takes_groups = True
 
     def pullback(self, ctx, block, pos):
         shape = ctx.in_shapes[pos]
+        if isinstance(block, TokenColumns):
+            kept = _tokens_as_rows(block, shape)
+            if kept is not None:
+                return kept
+            block = block.per_sample()
+        if isinstance(block, GroupColumns) and tuple(shape) == block.data.shape[1:]:
+            return block.samples_view()
         if isinstance(block, SampleColumns):
+            kept = _rows_as_tokens(block, shape) or _samples_as_groups(block, shape)
+            if kept is not None:
+                return kept
             if len(shape) >= 1 and shape[0] == block.samples:
                 return SampleColumns(
                     block.data.reshape(*block.data.shape[:2], *shape[1:]), block.sign
@@ -43,8 +103,10 @@ class Reshape(Rule):
 class Transpose(Rule):
     """TBackward0: the columns transpose; outer products swap their factors."""
 
+    takes_products = True
+
     def pullback(self, ctx, block, pos):
-        if isinstance(block, OuterColumns):
+        if isinstance(block, OuterColumns | ProductColumns):
             return block.transpose()
         block = block.to_dense(ctx.out_shape)
         return DenseColumns(block.data.transpose(-1, -2), block.sign)
@@ -53,9 +115,16 @@ class Transpose(Rule):
 class Permute(Rule):
     """permute / ``.T``: the columns take the inverse permutation."""
 
+    takes_tokens = True
+
     def pullback(self, ctx, block, pos):
         dims = [saved_dim(d, len(ctx.out_shape)) for d in ctx.fn._saved_dims]
         inverse = sorted(range(len(dims)), key=dims.__getitem__)
+        if isinstance(block, TokenColumns):
+            if dims[:2] == [0, 1]:
+                order = [0, 1, 2, *(d + 1 for d in inverse[2:])]
+                return TokenColumns(block.data.permute(order), block.sign)
+            block = block.per_sample()
         if isinstance(block, OuterColumns) and dims == [1, 0]:
             return block.transpose()
         if isinstance(block, SampleColumns) and dims[0] == 0:
@@ -67,12 +136,16 @@ class Permute(Rule):
 
 
 class Expand(Rule):
+    takes_tokens = True
+
     def pullback(self, ctx, block, pos):
         return unbroadcast(block, ctx.in_shapes[pos], ctx.out_shape)
 
 
 class SumMean(Rule):
     """sum / mean over some dims (SumBackward1, MeanBackward1)."""
+
+    takes_tokens = True
 
     def __init__(self, mean: bool):
         self.mean = mean
@@ -86,13 +159,16 @@ class SumMean(Rule):
         for d in dims:
             count *= shape[d]
         factor = 1 / count if self.mean else 1
-        if isinstance(block, SampleColumns) and 0 not in dims:
+        if isinstance(block, TokenColumns) and min(dims) < 2:
+            block = block.per_sample()
+        lead = block.sign.dim() - 1 if isinstance(block, TokenColumns) else 1
+        if isinstance(block, SampleColumns | TokenColumns) and min(dims) >= lead:
             data = block.data
             if not keep:
                 for d in dims:
                     data = data.unsqueeze(d + 1)
-            data = data.expand(*data.shape[:2], *shape[1:]) * factor
-            return SampleColumns(data, block.sign)
+            data = data.expand(*data.shape[: 1 + lead], *shape[lead:]) * factor
+            return type(block)(data, block.sign)
         block = block.to_dense(ctx.out_shape)
         data = block.data
         if not keep:

@@ -38,6 +38,7 @@ from ..columns import (
     Columns,
     DenseColumns,
     OuterColumns,
+    one_per_column,
     ProductColumns,
     SampleColumns,
 )
@@ -108,8 +109,7 @@ class Convolution(Rule):
             return self._to_weight(ctx, block)
         spatial = tuple(range(3, block.data.dim()))  # bias: sum over positions
         if isinstance(block, SampleColumns):
-            data = block.data.sum(spatial)
-            return DenseColumns(data.flatten(0, 1), block.sign.reshape(-1))
+            return one_per_column(block.data.sum(spatial), block.sign)
         return DenseColumns(block.data.sum((1, *spatial)), block.sign)
 
     def _to_input(self, ctx: OpContext, block: Columns) -> Columns:
