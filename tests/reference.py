@@ -41,9 +41,8 @@ def dense_hessian(model: torch.nn.Module, loss_of_output, inputs) -> torch.Tenso
     names, shapes, flat = flat_params(model)
 
     def f(theta):
-        out = functional_call(
-            model, unflatten(theta, names, shapes), (inputs.double(),)
-        )
+        x = inputs.double() if inputs.is_floating_point() else inputs  # token ids
+        out = functional_call(model, unflatten(theta, names, shapes), (x,))
         return loss_of_output(out)
 
     return torch.autograd.functional.hessian(f, flat)

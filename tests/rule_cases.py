@@ -198,6 +198,8 @@ CASES: dict[str, Case | list[Case]] = {
     "DivBackward0": [
         case(torch.div, (3, 4), positive(3, 4)),
         case(torch.div, (3, 4), positive(3, 1)),
+        # a Python number: saved as a "wrapped number" tensor (attention's scale)
+        case(lambda x: x / 2.0**0.5, (3, 4)),
     ],
     "TanhBackward0": case(torch.tanh, (3, 4)),
     "SigmoidBackward0": case(torch.sigmoid, (3, 4)),

@@ -54,6 +54,7 @@ __all__ = [
     "cross_pair",
     "diagonal_columns",
     "per_sample_or_dense",
+    "pull",
     "row_columns",
     "rows_along",
     "saved_dim",
@@ -283,12 +284,10 @@ class Rule:
 
     def accept(self, ctx: OpContext, block: Columns) -> Columns:
         """``block`` in a layout this rule acts on at this node: per-token
-        columns go per sample and grouped ones are written out, unless the
-        rule takes them."""
+        columns go per sample and lazy products are written out, unless the
+        rule takes them (grouped columns: see :func:`pull`)."""
         if isinstance(block, TokenColumns) and not self.takes_tokens:
             return block.per_sample()
-        if isinstance(block, GroupColumns) and not self.takes_groups:
-            return block.to_dense(ctx.out_shape)
         if isinstance(block, ProductColumns) and not self.takes_products:
             return block.written_out()
         return block
@@ -327,6 +326,20 @@ class Rule:
         ``coupled(i, j)``: do inputs ``i`` and ``j`` reach a common parameter.
         """
         return None
+
+
+def pull(rule: Rule, ctx: OpContext, block: Columns, pos: int) -> Columns:
+    """``rule``'s pullback of ``block`` to input ``pos``.
+
+    Grouped columns (:class:`~.columns.GroupColumns`) reach a rule that does
+    not take them one row at a time, and are added back up per column after.
+    """
+    if isinstance(block, GroupColumns) and not rule.takes_groups:
+        if "rows" not in ctx.memo or ctx.memo["rows"][0] is not block:
+            ctx.memo["rows"] = (block, block.as_rows())
+        pulled = rule.pullback(ctx, ctx.memo["rows"][1], pos)
+        return block.regroup(pulled, tuple(ctx.in_shapes[pos]))
+    return rule.pullback(ctx, block, pos)
 
 
 def call_backward(fn: Any, *grads: torch.Tensor | None) -> tuple:

@@ -188,6 +188,25 @@ class GroupColumns(_DataColumns):
         """The same columns at the ``[B, L, ...]`` value the rows come from."""
         return SampleColumns(self.data, self.sign)
 
+    def as_rows(self) -> SampleColumns:
+        """Each row's part as a column of its own (``B * L * C`` per-row
+        columns): an op that keeps rows apart acts on them as it would on
+        per-sample columns; :meth:`regroup` adds its results back up."""
+        rows = self.data.shape[2]
+        return SampleColumns(
+            self.data.flatten(1, 2), self.sign.repeat_interleave(rows, dim=1)
+        )
+
+    def regroup(self, pulled: ColumnBlock, shape: tuple[int, ...]) -> ColumnBlock:
+        """The pullback of these columns from that of :meth:`as_rows`'s
+        (``pulled``, at a node of ``shape``): a column's rows summed back."""
+        c, b, rows = self.data.shape[:3]
+        if isinstance(pulled, SampleColumns) and pulled.samples == b * rows:
+            return GroupColumns(pulled.data.unflatten(1, (b, rows)), self.sign)
+        dense = pulled.to_dense(shape)  # per-row columns, row-major: (r, c)
+        data = dense.data.reshape(b, rows, c, *shape).sum(1).flatten(0, 1)
+        return DenseColumns(data, self.sign.T.reshape(-1))
+
     def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
         dense = self.samples_view().to_dense(tuple(self.data.shape[1:]))
         return DenseColumns(dense.data.reshape(-1, *shape), dense.sign)
@@ -501,20 +520,24 @@ def concatenate(blocks: list[Columns]) -> list[Columns]:
 
 
 # compressed() factors columns of at most this many entries (per sample, or
-# per token), and only when there are this many times more columns than that
+# per token), only when there are this many times more columns than that,
+# and only when the columns it saves would cost more further down than the
+# eigendecomposition (about COMPRESS_COST * entries**3 per sample or token)
 COMPRESS_MAX_ENTRIES = 1024
 COMPRESS_RATIO = 1.5
+COMPRESS_COST = 0.4
 
 
-def compressed(block: Columns) -> Columns:
+def compressed(block: Columns, work: float = math.inf) -> Columns:
     """The same curvature with at most one column per entry of a column.
 
     ``sum_c s_c v_c v_c^T`` per sample (per token, or for the whole value) is
     a ``D x D`` matrix when a column has ``D`` entries there; with more than
     ``D`` columns (``COMPRESS_RATIO`` times as many) its eigendecomposition
     gives ``D`` signed columns with the same sum, so everything downstream
-    costs less. Only for columns that will
-    meet no others of their source (they are renumbered).
+    same sum, so everything downstream costs less. Only for columns that will
+    meet no others of their source (they are renumbered). ``work``: entries
+    per sample of the nodes still ahead, what one column costs from here.
 
     Example:
         >>> cols = DenseColumns(torch.tensor([[1.0, 0], [1, 0], [0, 2]]),
@@ -528,6 +551,8 @@ def compressed(block: Columns) -> Columns:
     data = block.data
     entries = data[(0,) * (1 + lead)].numel()
     if block.count < COMPRESS_RATIO * entries or entries > COMPRESS_MAX_ENTRIES:
+        return block
+    if (block.count - entries) * work < COMPRESS_COST * entries**3:
         return block
     where = data.shape[1 : 1 + lead]
     vectors = data.reshape(block.count, -1, entries).transpose(0, 1)  # [P, C, D]

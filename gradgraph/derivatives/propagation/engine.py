@@ -40,7 +40,7 @@ import torch
 from ...graph import trace
 from ...nodes import ACCUMULATE_OP
 from ..params import ParamSet, as_params, check_scalar_loss
-from .base import OpContext, UnsupportedOpError, call_backward
+from .base import OpContext, UnsupportedOpError, call_backward, pull
 from .columns import Columns, combine, compressed, concatenate, leaf_diagonal
 from .registry import rule_for
 
@@ -78,6 +78,14 @@ class _Plan:
                 bits |= self.reach[child]
             self.reach[node] = bits
         self.element_size = loss.element_size()
+        # per node: entries per sample of the ops after it in the sweep
+        self.work_after: dict[int, int] = {}
+        total = 0
+        for node in reversed(self.order):
+            self.work_after[node] = total
+            shape = self.shapes[node]
+            if self.reach[node] and node not in self.leaf and shape:
+                total += math.prod(shape) // max(shape[0], 1)
         self.largest, self.samples = self._column_growth(graph)
 
     def _bytes(self, node: int) -> int:
@@ -164,15 +172,6 @@ class _Plan:
         """Everything that stops propagation here: ops without a rule, memory."""
         memory = self.over_budget()
         return self.missing_rules() + ([] if memory is None else [memory])
-
-    def inner_below(self, node: int) -> bool:
-        """Does ``node`` feed an op (not only parameters) on the way down?"""
-        fn = self.fns[node]
-        return any(
-            child is not None and self.index[child] not in self.leaf
-            for child, _ in fn.next_functions
-            if child is not None and self.reach[self.index[child]]
-        )
 
     def relevant(self) -> list[int]:
         return [n for n in self.order if self.reach[n]]
@@ -424,7 +423,7 @@ class _Drain:
                 )
                 for pos, child in enumerate(children):
                     if child is not None:
-                        pulled = rule.pullback(ctx, block, pos)
+                        pulled = pull(rule, ctx, block, pos)
                         pending.setdefault(child, []).append(
                             _arrive(self.plan, self.contexts, node, pos, pulled)
                         )
@@ -472,16 +471,15 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
         blocks = {s: combine(parts, ctx.out_shape) for s, parts in sources.items()}
         del sources
         local = [s for s in blocks if not meets_again(s, node)]
-        # fewer columns only pay where more than a parameter lies below
-        squeeze = compressed if plan.inner_below(node) else (lambda block: block)
+        work = plan.work_after[node]  # what a column costs from here
         for s in local:  # on their own: fewer columns, or in slices if large
-            blocks[s] = squeeze(blocks[s])
+            blocks[s] = compressed(blocks[s], work)
             if drain.worth_it({node: [blocks[s]]}):
                 drain({node: [blocks.pop(s)]})
         local = [s for s in local if s in blocks]
         if len(local) > 1:  # their columns never meet again: one wider block
             for merged in concatenate([blocks.pop(s) for s in local]):
-                blocks[next_source] = squeeze(merged)
+                blocks[next_source] = compressed(merged, work)
                 next_source += 1
         for source in list(blocks):
             # freed once every input has its pullback
@@ -490,7 +488,7 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
             ctx.whole = not meets_again(source, node)
             for pos, child in enumerate(children):
                 if child is not None:
-                    pulled = rule.pullback(ctx, block, pos)
+                    pulled = pull(rule, ctx, block, pos)
                     deliver(child, source, _arrive(plan, contexts, node, pos, pulled))
             del block
         if not ggn or rule.loss:

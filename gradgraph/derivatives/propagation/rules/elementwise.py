@@ -98,6 +98,18 @@ class Multiply(Rule):
         }
 
 
+def _operands(fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A binary node's saved operands as ordinary tensors.
+
+    torch saves a Python number operand (``x / math.sqrt(d)``) as a "wrapped
+    number" tensor, and arithmetic between it and another number (``1 / b``)
+    then runs in the default dtype: float32 digits in a float64 Hessian. A
+    copy is an ordinary tensor of its own dtype. (None: not saved, not needed.)
+    """
+    a, b = fn._saved_self, fn._saved_other
+    return (None if a is None else a.clone()), (None if b is None else b.clone())
+
+
 class Divide(Rule):
     """a / b (DivBackward0): linear in ``a``; ``b`` brings curvature.
 
@@ -110,9 +122,8 @@ class Divide(Rule):
     takes_tokens = True
 
     def pullback(self, ctx, block, pos):
-        fn = ctx.fn
-        b = fn._saved_other
-        factor = 1 / b if pos == 0 else -fn._saved_self / (b * b)
+        a, b = _operands(ctx.fn)
+        factor = 1 / b if pos == 0 else -a / (b * b)
         return unbroadcast(
             scale(block, factor, ctx.out_shape), ctx.in_shapes[pos], ctx.out_shape
         )
@@ -120,7 +131,7 @@ class Divide(Rule):
     def residual(self, ctx):
         if not ctx.flows(1):
             return {}
-        a, b = ctx.fn._saved_self, ctx.fn._saved_other
+        a, b = _operands(ctx.fn)
         cross_weights = (-ctx.grad / (b * b)).expand(ctx.out_shape)
         own = diagonal_columns(-2 * a / b * cross_weights)
         cross = None

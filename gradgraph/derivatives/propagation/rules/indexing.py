@@ -220,9 +220,7 @@ register(
     "GatherBackward0",
 )
 register(ByOwnBackward(_indexed_dims), "IndexBackward0")
-register(
-    ByOwnBackward(_transposed_dims), "TransposeBackward0", "TransposeBackward1"
-)
+register(ByOwnBackward(_transposed_dims), "TransposeBackward0", "TransposeBackward1")
 register(ByOwnBackward(_flipped_dims), "FlipBackward0")
 register(ByOwnBackward(_last_two), "TrilBackward0", "TriuBackward0")
 register(ByOwnBackward(_everywhere), "RepeatBackward0", "EmbeddingBackward0")

@@ -38,9 +38,9 @@ from ..columns import (
     Columns,
     DenseColumns,
     OuterColumns,
-    one_per_column,
     ProductColumns,
     SampleColumns,
+    one_per_column,
 )
 from ..registry import register
 
