@@ -547,6 +547,8 @@ def compressed(block: Columns, work: float = math.inf) -> Columns:
     """
     if not isinstance(block, DenseColumns | SampleColumns | TokenColumns):
         return block
+    if block.data.dtype not in (torch.float32, torch.float64):  # eigh's dtypes
+        return block
     lead = block.sign.dim() - 1
     data = block.data
     entries = data[(0,) * (1 + lead)].numel()
