@@ -24,8 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..base import Rule
-from ..columns import DenseColumns, SampleColumns
+from ..base import Rule, cast_columns, input_dtype
 from ..registry import register
 from .elementwise import Elementwise, _from_input
 
@@ -61,17 +60,7 @@ class Cast(Rule):
 
     def pullback(self, ctx, block, pos):
         child, out_nr = ctx.fn.next_functions[pos]
-        meta = (
-            child._input_metadata[out_nr] if hasattr(child, "_input_metadata") else None
-        )
-        if meta is None:  # a leaf: cast to its own dtype and device
-            dtype, device = child.variable.dtype, child.variable.device
-        else:
-            dtype, device = meta.dtype, meta.device
-        if not isinstance(block, DenseColumns | SampleColumns):
-            block = block.to_dense(ctx.out_shape)
-        cast = {"dtype": dtype, "device": device}
-        return type(block)(block.data.to(**cast), block.sign.to(**cast))
+        return cast_columns(block, ctx.out_shape, *input_dtype(child, out_nr))
 
 
 register(Elementwise(_rsqrt), "RsqrtBackward0")

@@ -1,0 +1,47 @@
+"""Patterns met on architectures outside the zoo, each against torch's Hessian.
+
+Every case here broke propagation (a crash or a refusal) on some tiny
+``transformers`` or torch model before; each is now checked on its own small
+graph against ``torch.autograd.functional.hessian``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gradgraph.derivatives.propagation import (
+    diagonal_method,
+    propagated_hessian_diagonal,
+)
+
+F = torch.nn.functional
+
+
+def _dense_diagonal(loss_of, w: torch.Tensor) -> torch.Tensor:
+    dense = torch.autograd.functional.hessian(loss_of, w.detach())
+    return dense.reshape(w.numel(), w.numel()).diagonal().reshape(w.shape)
+
+
+def _check(loss_of, w: torch.Tensor, **tolerance) -> None:
+    assert diagonal_method(loss_of(w), w) == "propagate"
+    got = propagated_hessian_diagonal(loss_of(w), w)
+    expected = _dense_diagonal(loss_of, w)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got, expected, **(tolerance or {"rtol": 1e-10}))
+
+
+def test_an_op_that_promotes_a_float32_input():
+    """GPT-J: a float32 attention score plus a float64 mask is float64, and
+    autograd casts the gradient back to float32 for the matmul below; the
+    columns are cast the same way (before: ``expected scalar type Double``)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4)  # float32
+    mask = torch.randn(2, 3, 3, dtype=torch.float64)
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+
+    def loss_of(weight):
+        h = x @ weight.float()
+        scores = h @ h.transpose(1, 2)  # float32, both sides depend on weight
+        return torch.tanh(scores + mask).pow(2).sum()
+
+    _check(loss_of, w, rtol=1e-4, atol=1e-5)  # float32 inside, on both sides
