@@ -72,6 +72,10 @@ TARGET = _random(3, 4)
 
 
 MASK = _random(3, 4) > 0
+# from their own generator, so the inputs drawn after them stay as they were
+_BCE = torch.Generator().manual_seed(1)
+BCE_WEIGHT = 0.5 + torch.rand(4, generator=_BCE, dtype=torch.float64)
+POS_WEIGHT = 0.5 + torch.rand(3, 4, generator=_BCE, dtype=torch.float64)
 
 
 def _attention(**options):
@@ -132,6 +136,13 @@ def _lstm_layer(reverse: bool, batch_first: bool = False) -> Case:
     return Case(fused, case(fused, *shapes).inputs, unfused, float32_node=True)
 
 
+def _bloom_gelu() -> Case:
+    """transformers' BLOOM GeLU, a custom autograd.Function (twice differentiable)."""
+    from transformers.models.bloom.modeling_bloom import GeLUFunction
+
+    return case(GeLUFunction.apply, (3, 4))
+
+
 CASES: dict[str, Case | list[Case]] = {
     # shape
     "ViewBackward0": case(lambda x: x.view(4, 3), (2, 6)),
@@ -170,6 +181,11 @@ CASES: dict[str, Case | list[Case]] = {
         case(lambda x: x.mean(0), (3, 4)),
     ],
     "MaxBackward0": case(lambda x: x.max(1)[0], (3, 4)),
+    "CumsumBackward0": [
+        case(lambda x: x.cumsum(1), (3, 4, 2)),
+        case(lambda x: x.cumsum(-1), (3, 4)),
+        case(lambda x: x.cumsum(0), (3, 4)),
+    ],
     "MinBackward0": case(lambda x: x.min(0, keepdim=True)[0], (3, 4)),
     # linear algebra
     "MmBackward0": case(torch.mm, (3, 4), (4, 2)),
@@ -230,6 +246,25 @@ CASES: dict[str, Case | list[Case]] = {
         lambda x: F.smooth_l1_loss(x, TARGET, beta=0.5, reduction="sum"), (3, 4)
     ),
     "NllLossBackward0": case(lambda x: F.nll_loss(x, LABELS), (3, 4)),
+    "BinaryCrossEntropyWithLogitsBackward0": [
+        case(lambda x: F.binary_cross_entropy_with_logits(x, TARGET.sigmoid()), (3, 4)),
+        case(
+            lambda x: F.binary_cross_entropy_with_logits(
+                x,
+                (TARGET > 0).double(),
+                weight=BCE_WEIGHT,
+                pos_weight=POS_WEIGHT,
+                reduction="sum",
+            ),
+            (3, 4),
+        ),
+        case(
+            lambda x: F.binary_cross_entropy_with_logits(
+                x, TARGET.sigmoid(), reduction="none"
+            ),
+            (3, 4),
+        ),
+    ],
     "LogSoftmaxBackward0": [
         case(lambda x: F.log_softmax(x, 1), (3, 4)),
         case(lambda x: F.log_softmax(x, 0), (3, 4)),
@@ -257,6 +292,16 @@ CASES: dict[str, Case | list[Case]] = {
         lambda x: F.adaptive_avg_pool3d(x, 2), (2, 1, 3, 3, 3)
     ),
     "ConstantPadNdBackward0": case(lambda x: F.pad(x, (1, 2, 0, 1)), (2, 3, 4)),
+    "UpsampleBilinear2DBackward0": [
+        case(lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"), (2, 2, 3, 3)),
+        case(
+            lambda x: F.interpolate(x, (4, 5), mode="bilinear", align_corners=True),
+            (2, 1, 3, 2),
+        ),
+    ],
+    "UpsampleNearest2DBackward0": case(
+        lambda x: F.interpolate(x, scale_factor=(2, 3)), (2, 2, 2, 3)
+    ),
     # normalization
     "NativeLayerNormBackward0": case(
         lambda x, w, b: F.layer_norm(x, (4,), w, b), (3, 2, 4), (4,), (4,)
@@ -339,6 +384,26 @@ CASES: dict[str, Case | list[Case]] = {
     "ClampBackward1": case(lambda x: x.clamp(-0.5, 1.0), (3, 4)),
     "AbsBackward0": case(torch.abs, (3, 4)),
     "ToCopyBackward0": case(lambda x: torch.ops.aten._to_copy(x), (3, 4)),
+    "EluBackward0": [
+        case(lambda x: F.elu(x, 0.7), (3, 4)),
+        case(F.selu, (3, 4)),
+    ],
+    "CeluBackward0": case(lambda x: F.celu(x, 0.5), (3, 4)),
+    "MishBackward0": case(F.mish, (3, 4)),
+    "LogSigmoidBackward0": case(F.logsigmoid, (3, 4)),
+    "ErfBackward0": case(torch.erf, (3, 4)),
+    "Log1PBackward0": case(torch.log1p, positive(3, 4)),
+    "Expm1Backward0": case(torch.expm1, (3, 4)),
+    "HardshrinkBackward0": case(lambda x: F.hardshrink(x, 0.3), (3, 4)),
+    "SoftshrinkBackward0": case(lambda x: F.softshrink(x, 0.3), (3, 4)),
+    "ThresholdBackward0": case(lambda x: F.threshold(x, 0.1, -1.0), (3, 4)),
+    "ClampMinBackward0": case(lambda x: x.clamp_min(0.2), (3, 4)),
+    "ClampMaxBackward0": case(lambda x: x.clamp_max(-0.2), (3, 4)),
+    "PreluKernelBackward0": [  # F.prelu views a per-channel weight as (C, 1, ...)
+        case(torch.ops.aten._prelu_kernel, (2, 3, 4), (3, 1)),
+        case(torch.ops.aten._prelu_kernel, (3, 4), (1,)),
+    ],
+    "GeLUFunctionBackward": _bloom_gelu(),
     # recurrent
     "MkldnnRnnLayerBackward0": [
         _lstm_layer(False),

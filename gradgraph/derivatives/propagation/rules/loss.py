@@ -1,4 +1,5 @@
-"""Rules for losses: mse, huber, smooth-L1, and cross-entropy's log-softmax and NLL.
+"""Rules for losses: mse, huber, smooth-L1, binary cross-entropy with logits, and
+cross-entropy's log-softmax and NLL.
 
 Their second-order terms are the loss Hessian (``loss = True``), the only
 terms the Gauss-Newton diagonal (:func:`ggn_diagonal`) keeps.
@@ -75,6 +76,35 @@ def _smooth_l1_curvature(fn, diff):
     return (diff.abs() < beta).to(diff.dtype) / beta
 
 
+class BinaryCrossEntropyWithLogits(PointwiseLoss):
+    """``binary_cross_entropy_with_logits(x, t, weight, pos_weight)``.
+
+    Per entry ``w ((1 - t) x + (1 + (p - 1) t) softplus(-x))`` (``p`` the
+    positive weight): curvature ``w (1 + (p - 1) t) sigmoid(x) sigmoid(-x)``
+    in ``x``. A target that depends on a parameter is refused.
+    """
+
+    def __init__(self):
+        super().__init__(curvature=None)  # the residual reads x and t itself
+
+    def refuses(self, fn, flows, coupled):
+        if len(flows) > 1 and flows[1]:
+            return f"{type(fn).__name__} (a target that depends on a parameter)"
+        return None
+
+    def residual(self, ctx):
+        fn = ctx.fn
+        x, t = fn._saved_self, fn._saved_target
+        g = ctx.grad / x.numel() if fn._saved_reduction == _REDUCTION_MEAN else ctx.grad
+        curvature = torch.sigmoid(x) * torch.sigmoid(-x)
+        if fn._saved_pos_weight is not None:
+            curvature = curvature * (1 + (fn._saved_pos_weight - 1) * t)
+        if fn._saved_weight is not None:
+            curvature = curvature * fn._saved_weight
+        cols = diagonal_columns((g * curvature).expand(x.shape))
+        return {} if cols is None else {0: cols}
+
+
 class LogSoftmax(Rule):
     """log_softmax along any dim: ``y = x - logsumexp(x)``, per row.
 
@@ -112,3 +142,4 @@ register(PointwiseLoss(_mse_curvature), "MseLossBackward0")
 register(PointwiseLoss(_huber_curvature), "HuberLossBackward0")
 register(PointwiseLoss(_smooth_l1_curvature), "SmoothL1LossBackward0")
 register(LogSoftmax(), "LogSoftmaxBackward0")
+register(BinaryCrossEntropyWithLogits(), "BinaryCrossEntropyWithLogitsBackward0")

@@ -15,7 +15,8 @@ pullbacks run on all columns at once:
   these stay lazy (:class:`.ProductColumns`) and are squared a chunk of
   samples at a time at the parameter;
 * max pooling: a scatter of each column to the saved argmax indices;
-* average pooling: torch's own pooling backward with the columns as the batch.
+* average pooling and upsampling (bilinear, nearest): torch's own backward
+  with the columns as the batch.
 
 Example:
     >>> import torch
@@ -260,6 +261,27 @@ class ConstantPad(Rule):
         return type(block)(F.pad(block.data, [-p for p in pad]), block.sign)
 
 
+class Upsample(Rule):
+    """Upsample{Bilinear,Nearest}2DBackward0 (``F.interpolate``): linear per sample.
+
+    ``backward(grad, output_size, input_size, *options)`` is torch's own;
+    ``options`` name the saved settings it takes after the sizes.
+    """
+
+    def __init__(self, backward: Callable[..., torch.Tensor], *options: str):
+        self.backward, self.options = backward, options
+
+    def pullback(self, ctx, block, pos):
+        fn, in_shape = ctx.fn, ctx.in_shapes[0]
+        settings = [getattr(fn, f"_saved_{name}") for name in self.options]
+
+        def apply(v):
+            size = (v.shape[0], *in_shape[1:])
+            return self.backward(v, list(ctx.out_shape[2:]), size, *settings)
+
+        return _by_column(block, ctx.out_shape, apply)
+
+
 register(Convolution(), "ConvolutionBackward0")
 register(MaxPool(), "MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
 register(AvgPool(torch.ops.aten.avg_pool2d_backward, 2), "AvgPool2DBackward0")
@@ -273,3 +295,16 @@ register(
     "AdaptiveAvgPool3DBackward0",
 )
 register(ConstantPad(), "ConstantPadNdBackward0")
+register(
+    Upsample(
+        torch.ops.aten.upsample_bilinear2d_backward,
+        "align_corners",
+        "scales_h",
+        "scales_w",
+    ),
+    "UpsampleBilinear2DBackward0",
+)
+register(
+    Upsample(torch.ops.aten.upsample_nearest2d_backward, "scales_h", "scales_w"),
+    "UpsampleNearest2DBackward0",
+)
