@@ -136,6 +136,20 @@ def _lstm_layer(reverse: bool, batch_first: bool = False) -> Case:
     return Case(fused, case(fused, *shapes).inputs, unfused, float32_node=True)
 
 
+def _weight_norm(dim: int, shape: tuple[int, ...]) -> Case:
+    """The fused ``_weight_norm`` node; the reference is the same map written out,
+    since torch's double backward of the fused node is wrong (its Hessian is
+    not even symmetric: torch 2.13, CPU)."""
+    others = tuple(d for d in range(len(shape)) if d != dim)
+    g_shape = tuple(s if d == dim else 1 for d, s in enumerate(shape))
+
+    def reference(v, g):
+        return g * v / torch.linalg.vector_norm(v, dim=others, keepdim=True)
+
+    inputs = (_random(*shape), _random(*g_shape))
+    return Case(lambda v, g: torch._weight_norm(v, g, dim), inputs, reference)
+
+
 def _bloom_gelu() -> Case:
     """transformers' BLOOM GeLU, a custom autograd.Function (twice differentiable)."""
     from transformers.models.bloom.modeling_bloom import GeLUFunction
@@ -404,6 +418,11 @@ CASES: dict[str, Case | list[Case]] = {
         case(torch.ops.aten._prelu_kernel, (3, 4), (1,)),
     ],
     "GeLUFunctionBackward": _bloom_gelu(),
+    # reparametrization
+    "WeightNormInterfaceBackward0": [
+        _weight_norm(0, (3, 4)),
+        _weight_norm(2, (2, 3, 4)),
+    ],
     # recurrent
     "MkldnnRnnLayerBackward0": [
         _lstm_layer(False),

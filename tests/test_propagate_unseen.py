@@ -45,3 +45,23 @@ def test_an_op_that_promotes_a_float32_input():
         return torch.tanh(scores + mask).pow(2).sum()
 
     _check(loss_of, w, rtol=1e-4, atol=1e-5)  # float32 inside, on both sides
+
+
+def test_weight_norm_matches_the_written_out_map():
+    """``weight_norm`` (wav2vec2's positional convolution) against the same map
+    written out; torch's own double backward of the fused node is wrong (its
+    Hessian is not even symmetric), so it cannot be the reference."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    v = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([[-0.9], [1.1], [-1.7]], dtype=torch.float64)
+
+    def written_out(v):
+        w = g * v / v.norm(dim=1, keepdim=True)
+        return torch.tanh(x @ w.T).pow(2).sum()
+
+    loss = torch.tanh(x @ torch._weight_norm(v, g, 0).T).pow(2).sum()
+    assert diagonal_method(loss, v) == "propagate"
+    got = propagated_hessian_diagonal(loss, v)
+    expected = _dense_diagonal(written_out, v)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
