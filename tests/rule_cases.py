@@ -279,6 +279,15 @@ CASES: dict[str, Case | list[Case]] = {
             (3, 4),
         ),
     ],
+    "BinaryCrossEntropyBackward0": [
+        case(lambda p: F.binary_cross_entropy(p, TARGET.sigmoid()), positive(3, 4) / 3),
+        case(
+            lambda p: F.binary_cross_entropy(
+                p, (TARGET > 0).double(), weight=BCE_WEIGHT, reduction="sum"
+            ),
+            positive(3, 4) / 3,
+        ),
+    ],
     "LogSoftmaxBackward0": [
         case(lambda x: F.log_softmax(x, 1), (3, 4)),
         case(lambda x: F.log_softmax(x, 0), (3, 4)),
