@@ -245,6 +245,11 @@ CASES: dict[str, Case | list[Case]] = {
     "SinBackward0": case(torch.sin, (3, 4)),
     "CosBackward0": case(torch.cos, (3, 4)),
     "PowBackward0": case(lambda x: x**3, (3, 4)),
+    "LinalgVectorNormBackward0": [
+        case(lambda x: torch.linalg.vector_norm(x, dim=1), (3, 4, 2)),
+        case(lambda x: x.norm(dim=-1, keepdim=True), (3, 4)),
+        case(lambda x: x.norm(dim=0), (3, 4)),
+    ],
     "SoftmaxBackward0": [
         case(lambda x: F.softmax(x, 1), (3, 4)),
         case(lambda x: F.softmax(x, 0), (3, 4, 2)),

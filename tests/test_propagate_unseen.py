@@ -12,6 +12,7 @@ import torch
 from gradgraph.derivatives.propagation import (
     diagonal_method,
     propagated_hessian_diagonal,
+    unsupported_ops,
 )
 
 F = torch.nn.functional
@@ -27,7 +28,8 @@ def _check(loss_of, w: torch.Tensor, **tolerance) -> None:
     got = propagated_hessian_diagonal(loss_of(w), w)
     expected = _dense_diagonal(loss_of, w)
     assert expected.abs().max() > 0
-    torch.testing.assert_close(got, expected, **(tolerance or {"rtol": 1e-10}))
+    tolerance = tolerance or {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(got, expected, **tolerance)
 
 
 def test_an_op_that_promotes_a_float32_input():
@@ -65,3 +67,20 @@ def test_weight_norm_matches_the_written_out_map():
     got = propagated_hessian_diagonal(loss, v)
     expected = _dense_diagonal(written_out, v)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_normalize_propagates_and_other_norms_are_refused():
+    """F.normalize (CLIP-style heads): the 2-norm along a dim has a rule; the
+    norm of a whole tensor or another order falls back to rows."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+
+    def loss_of(weight):
+        return (F.normalize(x @ weight.T, dim=-1) * x[:, :3]).sum() ** 2
+
+    _check(loss_of, w)
+    for norm in (lambda h: h.norm(), lambda h: h.norm(p=1, dim=1)):
+        assert unsupported_ops(norm(x @ w.T).sum(), w) == [
+            "LinalgVectorNormBackward0 (not the 2-norm along one dim)"
+        ]

@@ -3,7 +3,8 @@
 ``a + b``, ``a * b`` and ``a / b`` (with their cross terms when both sides
 share a parameter), scaling by numbers, and every activation ``y = f(x)``
 with pullback ``f'(x)`` and second-order term ``diag(g f''(x))``; softmax
-along a dim (row-wise, but built from the same per-row algebra).
+and the 2-norm (``F.normalize``) along a dim (row-wise, but built from the
+same per-row algebra).
 
 Example:
     >>> import torch
@@ -243,6 +244,48 @@ class Softmax(Rule):
         return {0: row_columns(factors, signs, tuple(y.shape), dim)}
 
 
+class VectorNorm(Rule):
+    """The 2-norm along one dim (``linalg.vector_norm``, ``F.normalize``), per row.
+
+    With ``u = x / y``: ``J = u^T``, and ``d^2 y / dx^2 = (I - u u^T) / y``,
+    a projection: the columns ``(I - u u^T) e_i`` scaled by ``sqrt(|g| / y)``.
+    Other orders, several dims or the whole tensor are refused.
+    """
+
+    def refuses(self, fn, flows, coupled):
+        dim = fn._saved_dim
+        if fn._saved_ord != 2 or dim is None or len(dim) != 1:
+            return f"{type(fn).__name__} (not the 2-norm along one dim)"
+        return None
+
+    def _rows(self, ctx, t: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """The dim, and ``t`` (an output-shaped value) with that dim kept."""
+        x = ctx.fn._saved_self
+        dim = saved_dim(ctx.fn._saved_dim[0], x.dim())
+        if not ctx.fn._saved_keepdim:
+            t = t.unsqueeze(dim + t.dim() - len(ctx.out_shape))
+        return dim, t
+
+    def pullback(self, ctx, block, pos):
+        x = ctx.fn._saved_self
+        dim, y = self._rows(ctx, ctx.fn._saved_result)
+        block = per_sample_or_dense(block, ctx.out_shape, dim)
+        _, data = self._rows(ctx, block.data)
+        return type(block)(data * (x / y), block.sign)
+
+    def residual(self, ctx):
+        x = ctx.fn._saved_self
+        dim, y = self._rows(ctx, ctx.fn._saved_result)
+        _, g = self._rows(ctx, ctx.grad)
+        u = rows_along(x / y, dim)  # [N, R, K]
+        weight = rows_along(g / y, dim)  # [N, R, 1]
+        eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
+        projection = eye - u.unsqueeze(-1) * u.unsqueeze(-2)  # [N, R, K, K]
+        factors = projection * weight.abs().sqrt().unsqueeze(-1)
+        signs = weight.sign().expand_as(u)
+        return {0: row_columns(factors, signs, tuple(x.shape), dim)}
+
+
 register(AddSub(1.0), "AddBackward0")
 register(AddSub(-1.0), "SubBackward0")
 register(Identity(), "AddBackward1", "SubBackward1")
@@ -278,3 +321,4 @@ register(Elementwise(_from_input(lambda fn, x: torch.sin(x))), "SinBackward0")
 register(Elementwise(_from_input(lambda fn, x: torch.cos(x))), "CosBackward0")
 register(Elementwise(_from_input(lambda fn, x: x**fn._saved_exponent)), "PowBackward0")
 register(Softmax(), "SoftmaxBackward0")
+register(VectorNorm(), "LinalgVectorNormBackward0")
