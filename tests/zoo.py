@@ -61,6 +61,12 @@ def _quiet(build: Callable[[], nn.Module]) -> nn.Module:
         logging.set_verbosity(verbosity)
 
 
+def _language_model(model_class, config, dtype, generator):
+    """A causal language model from ``config``, with its next-token loss."""
+    model = _quiet(lambda: model_class(config)).to(dtype).eval()
+    return model, _next_token_loss(model, _tokens(generator))
+
+
 def _next_token_loss(model, ids):
     """Cross-entropy of each next token (a language model's training loss)."""
 
@@ -84,8 +90,7 @@ def gpt2(dtype, generator):
         eos_token_id=0,
         attn_implementation="eager",
     )
-    model = _quiet(lambda: GPT2LMHeadModel(config)).to(dtype).eval()
-    return model, _next_token_loss(model, _tokens(generator))
+    return _language_model(GPT2LMHeadModel, config, dtype, generator)
 
 
 def llama(dtype, generator):
@@ -101,8 +106,7 @@ def llama(dtype, generator):
         max_position_embeddings=SEQ,
         attn_implementation="eager",
     )
-    model = _quiet(lambda: LlamaForCausalLM(config)).to(dtype).eval()
-    return model, _next_token_loss(model, _tokens(generator))
+    return _language_model(LlamaForCausalLM, config, dtype, generator)
 
 
 def t5(dtype, generator):
@@ -144,8 +148,7 @@ def bloom(dtype, generator):
         n_head=2,
         attn_implementation="eager",
     )
-    model = _quiet(lambda: BloomForCausalLM(config)).to(dtype).eval()
-    return model, _next_token_loss(model, _tokens(generator))
+    return _language_model(BloomForCausalLM, config, dtype, generator)
 
 
 def gpt_neox(dtype, generator):
@@ -161,8 +164,7 @@ def gpt_neox(dtype, generator):
         max_position_embeddings=SEQ,
         attn_implementation="eager",
     )
-    model = _quiet(lambda: GPTNeoXForCausalLM(config)).to(dtype).eval()
-    return model, _next_token_loss(model, _tokens(generator))
+    return _language_model(GPTNeoXForCausalLM, config, dtype, generator)
 
 
 def _mse_to_fixed(model, inputs, generator, read):
