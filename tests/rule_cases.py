@@ -250,6 +250,11 @@ CASES: dict[str, Case | list[Case]] = {
         case(lambda x: x.norm(dim=-1, keepdim=True), (3, 4)),
         case(lambda x: x.norm(dim=0), (3, 4)),
     ],
+    "GluBackward0": [
+        case(F.glu, (3, 4)),
+        case(lambda x: F.glu(x, 1), (2, 6, 3)),
+        case(lambda x: F.glu(x, 0), (4, 3)),
+    ],
     "SoftmaxBackward0": [
         case(lambda x: F.softmax(x, 1), (3, 4)),
         case(lambda x: F.softmax(x, 0), (3, 4, 2)),

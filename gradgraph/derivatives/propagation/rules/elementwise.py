@@ -4,7 +4,7 @@
 share a parameter), scaling by numbers, and every activation ``y = f(x)``
 with pullback ``f'(x)`` and second-order term ``diag(g f''(x))``; softmax
 and the 2-norm (``F.normalize``) along a dim (row-wise, but built from the
-same per-row algebra).
+same per-row algebra); GLU, ``a * sigmoid(b)`` on the two halves of a dim.
 
 Example:
     >>> import torch
@@ -286,6 +286,50 @@ class VectorNorm(Rule):
         return {0: row_columns(factors, signs, tuple(x.shape), dim)}
 
 
+class Glu(Rule):
+    """``glu(x, dim)``: ``a sigmoid(b)`` on the two halves ``a, b`` of ``x`` on ``dim``.
+
+    Per pair ``(a_i, b_i)`` the second-order term is the 2x2 form
+    ``g [[0, s'], [s', a s'']]`` (``s = sigmoid(b)``), taken by its
+    eigenvectors: two columns per pair, each on one row along ``dim``.
+    """
+
+    def _halves(self, ctx):
+        x = ctx.fn._saved_self
+        dim = saved_dim(ctx.fn._saved_dim, x.dim())
+        a, b = x.chunk(2, dim)
+        s = torch.sigmoid(b)
+        return dim, a, s, s * (1 - s)
+
+    def pullback(self, ctx, block, pos):
+        dim, a, s, slope = self._halves(ctx)
+        block = per_sample_or_dense(block, ctx.out_shape, dim)
+        data = torch.cat([block.data * s, block.data * a * slope], dim + 1)
+        return type(block)(data, block.sign)
+
+    def residual(self, ctx):
+        dim, a, s, slope = self._halves(ctx)
+        cross, own = ctx.grad * slope, ctx.grad * a * slope * (1 - 2 * s)
+        form = torch.stack(
+            [
+                torch.stack([torch.zeros_like(cross), cross], -1),
+                torch.stack([cross, own], -1),
+            ],
+            -2,
+        )  # [..., 2, 2] per pair
+        values, vectors = torch.linalg.eigh(form)
+        columns = vectors * values.abs().sqrt().unsqueeze(-2)  # [..., (a, b), j]
+        # pair i, eigen column j: a row along ``dim`` (length 2h), at i and h + i
+        factors, signs = [], []
+        for j in range(2):
+            at_a, at_b = (rows_along(columns[..., k, j], dim) for k in range(2))
+            factors.append(torch.cat([at_a.diag_embed(), at_b.diag_embed()], -1))
+            signs.append(rows_along(values[..., j].sign(), dim))
+        factors = torch.cat(factors, dim=2)  # [N, R, 2h, 2h]
+        shape = tuple(ctx.fn._saved_self.shape)
+        return {0: row_columns(factors, torch.cat(signs, dim=2), shape, dim)}
+
+
 register(AddSub(1.0), "AddBackward0")
 register(AddSub(-1.0), "SubBackward0")
 register(Identity(), "AddBackward1", "SubBackward1")
@@ -322,3 +366,4 @@ register(Elementwise(_from_input(lambda fn, x: torch.cos(x))), "CosBackward0")
 register(Elementwise(_from_input(lambda fn, x: x**fn._saved_exponent)), "PowBackward0")
 register(Softmax(), "SoftmaxBackward0")
 register(VectorNorm(), "LinalgVectorNormBackward0")
+register(Glu(), "GluBackward0")
