@@ -212,6 +212,9 @@ CASES: dict[str, Case | list[Case]] = {
             (4, 2),
         ),
     ],
+    "MvBackward0": case(torch.mv, (3, 4), (4,)),
+    "DotBackward0": case(torch.dot, (4,), (4,)),
+    "VdotBackward0": case(torch.vdot, (4,), (4,)),
     # elementwise
     "AddBackward0": case(lambda a, b: torch.add(a, b, alpha=2.0), (3, 4), (4,)),
     "SubBackward0": case(lambda a, b: torch.sub(a, b, alpha=0.5), (3, 1), (3, 4)),
