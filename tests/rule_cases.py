@@ -314,6 +314,19 @@ CASES: dict[str, Case | list[Case]] = {
             (3,),
         ),
         case(lambda x, w: F.conv1d(x, w, stride=2, groups=2), (2, 4, 7), (2, 2, 3)),
+        case(
+            lambda x, w, b: F.conv_transpose1d(
+                x, w, b, stride=2, padding=1, output_padding=1
+            ),
+            (2, 3, 4),
+            (3, 2, 3),
+            (2,),
+        ),
+        case(
+            lambda x, w: F.conv_transpose2d(x, w, stride=2, groups=2, dilation=2),
+            (2, 4, 3, 3),
+            (4, 1, 2, 2),
+        ),
     ],
     "MaxPool2DWithIndicesBackward0": case(lambda x: F.max_pool2d(x, 2), (2, 2, 4, 4)),
     "MaxPool3DWithIndicesBackward0": case(

@@ -88,23 +88,27 @@ def _per_channel(
 class Convolution(Rule):
     """ConvolutionBackward0 (Conv1d/2d/3d; any stride, padding, dilation, groups).
 
-    Linear in the input and in the weight, so no residual; refuses a
-    transposed convolution and a kernel that also shapes its own input (the
-    input-weight cross term).
+    Linear in the input and in the weight, so no residual; refuses a kernel
+    that also shapes its own input (the input-weight cross term). A
+    transposed convolution goes to its input by the plain convolution (its
+    adjoint) and to its weight by per-(column, sample) VJPs (``torch.func``).
     """
 
     def refuses(self, fn, flows, coupled):
         if len(flows) > 1 and flows[0] and flows[1] and coupled(0, 1):
             return "ConvolutionBackward0 (a kernel that also shapes its own input)"
-        if fn._saved_transposed:
-            return "ConvolutionBackward0 (transposed convolution)"
         return None
 
     def pullback(self, ctx, block, pos):
+        transposed = ctx.fn._saved_transposed
         if pos == 0:
+            if transposed:
+                return _by_column(block, ctx.out_shape, self._settings(ctx, False))
             return self._to_input(ctx, block)
         if isinstance(block, OuterColumns):
             block = block.to_dense(ctx.out_shape)
+        if pos == 1 and transposed:
+            return self._to_transposed_weight(ctx, block)
         if pos == 1:
             return self._to_weight(ctx, block)
         spatial = tuple(range(3, block.data.dim()))  # bias: sum over positions
@@ -112,6 +116,48 @@ class Convolution(Rule):
             data = block.data.sum(spatial)
             return DenseColumns(data.flatten(0, 1), block.sign.reshape(-1))
         return DenseColumns(block.data.sum((1, *spatial)), block.sign)
+
+    @staticmethod
+    def _settings(ctx: OpContext, transposed: bool, weight=None):
+        """The node's convolution (or, ``transposed=False``, its adjoint) as a
+        function of the input (and of the weight, when ``weight`` is None)."""
+        fn = ctx.fn
+        padding = [0] * len(fn._saved_stride)
+        extra = fn._saved_output_padding if transposed else padding
+
+        def conv(x, w=weight):
+            return torch.ops.aten.convolution(
+                x,
+                fn._saved_weight if w is None else w,
+                None,
+                fn._saved_stride,
+                fn._saved_padding,
+                fn._saved_dilation,
+                transposed,
+                extra,
+                fn._saved_groups,
+            )
+
+        return conv
+
+    def _to_transposed_weight(self, ctx: OpContext, block: Columns) -> Columns:
+        """Per column and sample: the VJP of the weight, all of them by vmap."""
+        x = ctx.fn._saved_input
+        conv = self._settings(ctx, True)
+        weight = ctx.fn._saved_weight
+        c, n = block.data.shape[:2]
+
+        def one(v, x_n):  # one sample's part of one column
+            def of_weight(w):
+                return conv(x_n.unsqueeze(0), w)
+
+            return torch.func.vjp(of_weight, weight)[1](v.unsqueeze(0))[0]
+
+        v = block.data.reshape(c * n, *block.data.shape[2:])
+        grads = torch.vmap(one)(v, x.repeat(c, *[1] * (x.dim() - 1)))
+        if isinstance(block, SampleColumns):
+            return DenseColumns(grads, block.sign.reshape(-1))
+        return DenseColumns(grads.reshape(c, n, *weight.shape).sum(1), block.sign)
 
     def _to_input(self, ctx: OpContext, block: Columns) -> Columns:
         fn = ctx.fn
