@@ -384,6 +384,21 @@ CASES: dict[str, Case | list[Case]] = {
         case(lambda w: F.embedding(torch.tensor([[1, 0, 1], [3, 3, 0]]), w), (4, 3)),
         case(lambda w: F.embedding(torch.tensor([1, 0, 1]), w, padding_idx=1), (2, 3)),
     ],
+    "EmbeddingBagBackward0": [
+        case(
+            lambda w: F.embedding_bag(torch.tensor([[1, 0, 1], [3, 3, 0]]), w), (4, 3)
+        ),
+        case(
+            lambda w: F.embedding_bag(
+                torch.tensor([2, 0, 1, 3]), w, torch.tensor([0, 1]), mode="sum"
+            ),
+            (4, 3),
+        ),
+        case(
+            lambda w: F.embedding_bag(torch.tensor([[1, 0], [2, 2]]), w, mode="max"),
+            (3, 3),
+        ),
+    ],
     "WhereBackward0": case(lambda a, b: torch.where(MASK, a, b), (3, 4), (1, 4)),
     "MaskedFillBackward0": case(lambda x: x.masked_fill(MASK, 2.0), (3, 4)),
     "NativeDropoutBackward0": case(
