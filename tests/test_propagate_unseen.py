@@ -84,3 +84,23 @@ def test_normalize_propagates_and_other_norms_are_refused():
         assert unsupported_ops(norm(x @ w.T).sum(), w) == [
             "LinalgVectorNormBackward0 (not the 2-norm along one dim)"
         ]
+
+
+def test_embedding_bag_against_the_bag_written_out():
+    """EmbeddingBag: torch has no double backward for it, so HVP rows cannot
+    run; propagation does, and equals the bag written out as a mean of rows."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 0, 1], [3, 3, 0], [2, 1, 0]])
+    head = torch.randn(3, 2, dtype=torch.float64)
+    weight = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+
+    def fused(w):
+        return (torch.tanh(F.embedding_bag(ids, w)) @ head).pow(2).sum()
+
+    def written_out(w):
+        return (torch.tanh(F.embedding(ids, w).mean(1)) @ head).pow(2).sum()
+
+    assert diagonal_method(fused(weight), weight) == "propagate"
+    got = propagated_hessian_diagonal(fused(weight), weight)
+    expected = _dense_diagonal(written_out, weight)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
