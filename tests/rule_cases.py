@@ -72,6 +72,10 @@ TARGET = _random(3, 4)
 
 
 MASK = _random(3, 4) > 0
+# from their own generator, so the inputs drawn after them stay as they were
+_BCE = torch.Generator().manual_seed(1)
+BCE_WEIGHT = 0.5 + torch.rand(4, generator=_BCE, dtype=torch.float64)
+POS_WEIGHT = 0.5 + torch.rand(3, 4, generator=_BCE, dtype=torch.float64)
 
 
 def _attention(**options):
@@ -132,6 +136,27 @@ def _lstm_layer(reverse: bool, batch_first: bool = False) -> Case:
     return Case(fused, case(fused, *shapes).inputs, unfused, float32_node=True)
 
 
+def _weight_norm(dim: int, shape: tuple[int, ...]) -> Case:
+    """The fused ``_weight_norm`` node; the reference is the same map written out,
+    since torch's double backward of the fused node is wrong (its Hessian is
+    not even symmetric: torch 2.13, CPU)."""
+    others = tuple(d for d in range(len(shape)) if d != dim)
+    g_shape = tuple(s if d == dim else 1 for d, s in enumerate(shape))
+
+    def reference(v, g):
+        return g * v / torch.linalg.vector_norm(v, dim=others, keepdim=True)
+
+    inputs = (_random(*shape), _random(*g_shape))
+    return Case(lambda v, g: torch._weight_norm(v, g, dim), inputs, reference)
+
+
+def _bloom_gelu() -> Case:
+    """transformers' BLOOM GeLU, a custom autograd.Function (twice differentiable)."""
+    from transformers.models.bloom.modeling_bloom import GeLUFunction
+
+    return case(GeLUFunction.apply, (3, 4))
+
+
 CASES: dict[str, Case | list[Case]] = {
     # shape
     "ViewBackward0": case(lambda x: x.view(4, 3), (2, 6)),
@@ -170,6 +195,11 @@ CASES: dict[str, Case | list[Case]] = {
         case(lambda x: x.mean(0), (3, 4)),
     ],
     "MaxBackward0": case(lambda x: x.max(1)[0], (3, 4)),
+    "CumsumBackward0": [
+        case(lambda x: x.cumsum(1), (3, 4, 2)),
+        case(lambda x: x.cumsum(-1), (3, 4)),
+        case(lambda x: x.cumsum(0), (3, 4)),
+    ],
     "MinBackward0": case(lambda x: x.min(0, keepdim=True)[0], (3, 4)),
     # linear algebra
     "MmBackward0": case(torch.mm, (3, 4), (4, 2)),
@@ -182,6 +212,9 @@ CASES: dict[str, Case | list[Case]] = {
             (4, 2),
         ),
     ],
+    "MvBackward0": case(torch.mv, (3, 4), (4,)),
+    "DotBackward0": case(torch.dot, (4,), (4,)),
+    "VdotBackward0": case(torch.vdot, (4,), (4,)),
     # elementwise
     "AddBackward0": case(lambda a, b: torch.add(a, b, alpha=2.0), (3, 4), (4,)),
     "SubBackward0": case(lambda a, b: torch.sub(a, b, alpha=0.5), (3, 1), (3, 4)),
@@ -217,6 +250,16 @@ CASES: dict[str, Case | list[Case]] = {
     "SinBackward0": case(torch.sin, (3, 4)),
     "CosBackward0": case(torch.cos, (3, 4)),
     "PowBackward0": case(lambda x: x**3, (3, 4)),
+    "LinalgVectorNormBackward0": [
+        case(lambda x: torch.linalg.vector_norm(x, dim=1), (3, 4, 2)),
+        case(lambda x: x.norm(dim=-1, keepdim=True), (3, 4)),
+        case(lambda x: x.norm(dim=0), (3, 4)),
+    ],
+    "GluBackward0": [
+        case(F.glu, (3, 4)),
+        case(lambda x: F.glu(x, 1), (2, 6, 3)),
+        case(lambda x: F.glu(x, 0), (4, 3)),
+    ],
     "SoftmaxBackward0": [
         case(lambda x: F.softmax(x, 1), (3, 4)),
         case(lambda x: F.softmax(x, 0), (3, 4, 2)),
@@ -232,6 +275,34 @@ CASES: dict[str, Case | list[Case]] = {
         lambda x: F.smooth_l1_loss(x, TARGET, beta=0.5, reduction="sum"), (3, 4)
     ),
     "NllLossBackward0": case(lambda x: F.nll_loss(x, LABELS), (3, 4)),
+    "BinaryCrossEntropyWithLogitsBackward0": [
+        case(lambda x: F.binary_cross_entropy_with_logits(x, TARGET.sigmoid()), (3, 4)),
+        case(
+            lambda x: F.binary_cross_entropy_with_logits(
+                x,
+                (TARGET > 0).double(),
+                weight=BCE_WEIGHT,
+                pos_weight=POS_WEIGHT,
+                reduction="sum",
+            ),
+            (3, 4),
+        ),
+        case(
+            lambda x: F.binary_cross_entropy_with_logits(
+                x, TARGET.sigmoid(), reduction="none"
+            ),
+            (3, 4),
+        ),
+    ],
+    "BinaryCrossEntropyBackward0": [
+        case(lambda p: F.binary_cross_entropy(p, TARGET.sigmoid()), positive(3, 4) / 3),
+        case(
+            lambda p: F.binary_cross_entropy(
+                p, (TARGET > 0).double(), weight=BCE_WEIGHT, reduction="sum"
+            ),
+            positive(3, 4) / 3,
+        ),
+    ],
     "LogSoftmaxBackward0": [
         case(lambda x: F.log_softmax(x, 1), (3, 4)),
         case(lambda x: F.log_softmax(x, 0), (3, 4)),
@@ -245,6 +316,19 @@ CASES: dict[str, Case | list[Case]] = {
             (3,),
         ),
         case(lambda x, w: F.conv1d(x, w, stride=2, groups=2), (2, 4, 7), (2, 2, 3)),
+        case(
+            lambda x, w, b: F.conv_transpose1d(
+                x, w, b, stride=2, padding=1, output_padding=1
+            ),
+            (2, 3, 4),
+            (3, 2, 3),
+            (2,),
+        ),
+        case(
+            lambda x, w: F.conv_transpose2d(x, w, stride=2, groups=2, dilation=2),
+            (2, 4, 3, 3),
+            (4, 1, 2, 2),
+        ),
     ],
     "MaxPool2DWithIndicesBackward0": case(lambda x: F.max_pool2d(x, 2), (2, 2, 4, 4)),
     "MaxPool3DWithIndicesBackward0": case(
@@ -259,6 +343,16 @@ CASES: dict[str, Case | list[Case]] = {
         lambda x: F.adaptive_avg_pool3d(x, 2), (2, 1, 3, 3, 3)
     ),
     "ConstantPadNdBackward0": case(lambda x: F.pad(x, (1, 2, 0, 1)), (2, 3, 4)),
+    "UpsampleBilinear2DBackward0": [
+        case(lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"), (2, 2, 3, 3)),
+        case(
+            lambda x: F.interpolate(x, (4, 5), mode="bilinear", align_corners=True),
+            (2, 1, 3, 2),
+        ),
+    ],
+    "UpsampleNearest2DBackward0": case(
+        lambda x: F.interpolate(x, scale_factor=(2, 3)), (2, 2, 2, 3)
+    ),
     # normalization
     "NativeLayerNormBackward0": case(
         lambda x, w, b: F.layer_norm(x, (4,), w, b), (3, 2, 4), (4,), (4,)
@@ -291,6 +385,21 @@ CASES: dict[str, Case | list[Case]] = {
     "EmbeddingBackward0": [
         case(lambda w: F.embedding(torch.tensor([[1, 0, 1], [3, 3, 0]]), w), (4, 3)),
         case(lambda w: F.embedding(torch.tensor([1, 0, 1]), w, padding_idx=1), (2, 3)),
+    ],
+    "EmbeddingBagBackward0": [
+        case(
+            lambda w: F.embedding_bag(torch.tensor([[1, 0, 1], [3, 3, 0]]), w), (4, 3)
+        ),
+        case(
+            lambda w: F.embedding_bag(
+                torch.tensor([2, 0, 1, 3]), w, torch.tensor([0, 1]), mode="sum"
+            ),
+            (4, 3),
+        ),
+        case(
+            lambda w: F.embedding_bag(torch.tensor([[1, 0], [2, 2]]), w, mode="max"),
+            (3, 3),
+        ),
     ],
     "WhereBackward0": case(lambda a, b: torch.where(MASK, a, b), (3, 4), (1, 4)),
     "MaskedFillBackward0": case(lambda x: x.masked_fill(MASK, 2.0), (3, 4)),
@@ -341,6 +450,31 @@ CASES: dict[str, Case | list[Case]] = {
     "ClampBackward1": case(lambda x: x.clamp(-0.5, 1.0), (3, 4)),
     "AbsBackward0": case(torch.abs, (3, 4)),
     "ToCopyBackward0": case(lambda x: torch.ops.aten._to_copy(x), (3, 4)),
+    "EluBackward0": [
+        case(lambda x: F.elu(x, 0.7), (3, 4)),
+        case(F.selu, (3, 4)),
+    ],
+    "CeluBackward0": case(lambda x: F.celu(x, 0.5), (3, 4)),
+    "MishBackward0": case(F.mish, (3, 4)),
+    "LogSigmoidBackward0": case(F.logsigmoid, (3, 4)),
+    "ErfBackward0": case(torch.erf, (3, 4)),
+    "Log1PBackward0": case(torch.log1p, positive(3, 4)),
+    "Expm1Backward0": case(torch.expm1, (3, 4)),
+    "HardshrinkBackward0": case(lambda x: F.hardshrink(x, 0.3), (3, 4)),
+    "SoftshrinkBackward0": case(lambda x: F.softshrink(x, 0.3), (3, 4)),
+    "ThresholdBackward0": case(lambda x: F.threshold(x, 0.1, -1.0), (3, 4)),
+    "ClampMinBackward0": case(lambda x: x.clamp_min(0.2), (3, 4)),
+    "ClampMaxBackward0": case(lambda x: x.clamp_max(-0.2), (3, 4)),
+    "PreluKernelBackward0": [  # F.prelu views a per-channel weight as (C, 1, ...)
+        case(torch.ops.aten._prelu_kernel, (2, 3, 4), (3, 1)),
+        case(torch.ops.aten._prelu_kernel, (3, 4), (1,)),
+    ],
+    "GeLUFunctionBackward": _bloom_gelu(),
+    # reparametrization
+    "WeightNormInterfaceBackward0": [
+        _weight_norm(0, (3, 4)),
+        _weight_norm(2, (2, 3, 4)),
+    ],
     # recurrent
     "MkldnnRnnLayerBackward0": [
         _lstm_layer(False),

@@ -195,22 +195,32 @@ def test_layer_norm_of_a_parameter_itself():
     torch.testing.assert_close(got.reshape(-1), expected, **TOLERANCE)
 
 
-class SharedLayerNorm(nn.Module):
-    """One LayerNorm applied twice: its weight also shapes its own input."""
+class SharedNorm(nn.Module):
+    """One norm layer applied twice: its weight also shapes its own input."""
 
-    def __init__(self):
+    def __init__(self, norm: nn.Module):
         super().__init__()
-        self.a, self.norm, self.b = nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)
+        self.a, self.norm, self.b = nn.Linear(6, 5), norm, nn.Linear(5, 3)
 
     def forward(self, x):
         return self.b(self.norm(torch.tanh(self.norm(self.a(x)))))
 
 
-def test_a_norm_weight_that_shapes_its_own_input_falls_back():
+@pytest.mark.parametrize("norm", [nn.LayerNorm(5), nn.GroupNorm(1, 5)])
+def test_a_norm_weight_that_shapes_its_own_input_propagates(norm):
+    """ALBERT's shared layers: the weight-input cross term (before: rows)."""
     torch.manual_seed(1)
-    model = SharedLayerNorm().double()
+    nn.init.normal_(norm.weight)
+    model = SharedNorm(norm).double()
+    assert unsupported_ops(mse(model(X)), model) == []
+    assert_propagates_exactly(model, mse, X)
+
+
+def test_a_batch_norm_weight_that_shapes_its_own_input_falls_back():
+    torch.manual_seed(1)
+    model = SharedNorm(nn.BatchNorm1d(5)).double()
     loss = mse(model(X))
-    reason = "NativeLayerNormBackward0 (an affine weight that also shapes its input)"
+    reason = "NativeBatchNormBackward0 (an affine weight that also shapes its input)"
     assert unsupported_ops(loss, model) == [reason]
     assert diagonal_method(loss, model) == "rows"
     with pytest.raises(UnsupportedOpError, match="also shapes its input"):

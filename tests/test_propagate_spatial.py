@@ -295,11 +295,13 @@ def test_a_kernel_applied_to_its_own_output_falls_back():
     torch.testing.assert_close(flat(auto, model), expected, **TOLERANCE)
 
 
-def test_a_transposed_convolution_has_no_rule():
-    model = nn.Sequential(nn.ConvTranspose2d(2, 1, 3), nn.Flatten()).double()
-    loss = model(X).square().mean()
-    assert unsupported_ops(loss, model) == [
-        "ConvolutionBackward0 (transposed convolution)"
-    ]
-    with pytest.raises(UnsupportedOpError, match="transposed"):
-        propagated_hessian_diagonal(loss, model)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_transposed_convolution_propagates(groups):
+    """A decoder's upsampling: ConvTranspose2d (before: no rule, rows)."""
+    torch.manual_seed(0)
+    up = nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1)
+    if groups == 2:
+        up = nn.ConvTranspose2d(2, 4, 2, stride=2, groups=2, dilation=2)
+    head = [nn.Conv2d(4, 1, 3), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(9, 3)]
+    model = nn.Sequential(up, nn.Tanh(), *head).double()
+    assert_propagates_exactly(model, mse, X[:, :, :4, :4], "ConvolutionBackward0")

@@ -19,9 +19,11 @@ from .zoo import BUILDERS, build, picks, reference_entries
 
 # relative error of the picked entries against HVP rows
 TOLERANCE = 1e-8
-# ViT and LLaMA compute their softmax (LLaMA its RMSNorm too) in float32 even in
-# a float64 model, so both sides carry float32 roundings there
-FLOAT32_INSIDE = {"vit": 1e-5, "llama": 1e-5}
+# ViT and LLaMA compute their softmax (LLaMA its RMSNorm too) and T5 its RMS
+# norm's variance in float32 even in a float64 model, so both sides carry
+# float32 roundings there (with those casts made float64, all three agree to
+# 1e-13: see the zoo survey in the issue 14 notes)
+FLOAT32_INSIDE = {"vit": 1e-5, "llama": 1e-5, "t5": 1e-5}
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

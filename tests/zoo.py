@@ -61,6 +61,12 @@ def _quiet(build: Callable[[], nn.Module]) -> nn.Module:
         logging.set_verbosity(verbosity)
 
 
+def _language_model(model_class, config, dtype, generator):
+    """A causal language model from ``config``, with its next-token loss."""
+    model = _quiet(lambda: model_class(config)).to(dtype).eval()
+    return model, _next_token_loss(model, _tokens(generator))
+
+
 def _next_token_loss(model, ids):
     """Cross-entropy of each next token (a language model's training loss)."""
 
@@ -84,8 +90,7 @@ def gpt2(dtype, generator):
         eos_token_id=0,
         attn_implementation="eager",
     )
-    model = _quiet(lambda: GPT2LMHeadModel(config)).to(dtype).eval()
-    return model, _next_token_loss(model, _tokens(generator))
+    return _language_model(GPT2LMHeadModel, config, dtype, generator)
 
 
 def llama(dtype, generator):
@@ -101,8 +106,65 @@ def llama(dtype, generator):
         max_position_embeddings=SEQ,
         attn_implementation="eager",
     )
-    model = _quiet(lambda: LlamaForCausalLM(config)).to(dtype).eval()
-    return model, _next_token_loss(model, _tokens(generator))
+    return _language_model(LlamaForCausalLM, config, dtype, generator)
+
+
+def t5(dtype, generator):
+    """T5 encoder-decoder: relative position buckets, RMS norm, cross-attention."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=VOCAB,
+        d_model=WIDTH // 2,
+        d_kv=8,
+        d_ff=WIDTH,
+        num_layers=1,  # and one decoder layer: the relative bias is the first's
+        num_decoder_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=SEQ,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        attn_implementation="eager",
+    )
+    model = _quiet(lambda: T5ForConditionalGeneration(config)).to(dtype).eval()
+    source, target = _tokens(generator), _tokens(generator)
+
+    def loss():
+        logits = model(input_ids=source, decoder_input_ids=target[:, :-1]).logits
+        return F.cross_entropy(logits.reshape(-1, VOCAB), target[:, 1:].reshape(-1))
+
+    return model, loss
+
+
+def bloom(dtype, generator):
+    """BLOOM: ALiBi position bias through baddbmm, its own GeLU autograd.Function."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    config = BloomConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        n_layer=2,
+        n_head=2,
+        attn_implementation="eager",
+    )
+    return _language_model(BloomForCausalLM, config, dtype, generator)
+
+
+def gpt_neox(dtype, generator):
+    """GPT-NeoX: rotary embeddings on a quarter of each head, parallel residual."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * WIDTH,
+        max_position_embeddings=SEQ,
+        attn_implementation="eager",
+    )
+    return _language_model(GPTNeoXForCausalLM, config, dtype, generator)
 
 
 def _mse_to_fixed(model, inputs, generator, read):
@@ -127,6 +189,30 @@ def bert(dtype, generator):
         attn_implementation="eager",
     )
     model = _quiet(lambda: BertModel(config, add_pooling_layer=False)).to(dtype).eval()
+    inputs = {"input_ids": _tokens(generator)}
+    return model, _mse_to_fixed(
+        model, inputs, generator, lambda out: out.last_hidden_state
+    )
+
+
+def albert(dtype, generator):
+    """ALBERT: one layer's weights shared by both layers (each used twice)."""
+    from transformers import AlbertConfig, AlbertModel
+
+    config = AlbertConfig(
+        vocab_size=VOCAB,
+        embedding_size=WIDTH // 4,
+        hidden_size=WIDTH // 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=WIDTH,
+        max_position_embeddings=SEQ,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="eager",
+    )
+    model = _quiet(lambda: AlbertModel(config, add_pooling_layer=False))
+    model = model.to(dtype).eval()
     inputs = {"input_ids": _tokens(generator)}
     return model, _mse_to_fixed(
         model, inputs, generator, lambda out: out.last_hidden_state
@@ -221,6 +307,10 @@ BUILDERS = {
     "transformer_encoder": transformer_encoder,
     "lstm": lstm,
     "gru": gru,
+    "t5": t5,
+    "bloom": bloom,
+    "gpt_neox": gpt_neox,
+    "albert": albert,
 }
 
 

@@ -51,8 +51,10 @@ __all__ = [
     "Rule",
     "UnsupportedOpError",
     "call_backward",
+    "cast_columns",
     "cross_pair",
     "diagonal_columns",
+    "input_dtype",
     "per_sample_or_dense",
     "pull",
     "row_columns",
@@ -351,6 +353,32 @@ def call_backward(fn: Any, *grads: torch.Tensor | None) -> tuple:
     """
     out = fn(*grads) if callable(fn) else fn.apply(*grads)
     return out if isinstance(out, tuple) else (out,)
+
+
+def input_dtype(fn: Any, out_nr: int) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device autograd casts a gradient to before ``fn`` reads it.
+
+    ``out_nr`` is the output of ``fn`` the gradient is for; a leaf
+    (AccumulateGrad) takes its variable's.
+    """
+    if not hasattr(fn, "_input_metadata"):
+        return fn.variable.dtype, fn.variable.device
+    meta = fn._input_metadata[out_nr]
+    return meta.dtype, meta.device
+
+
+def cast_columns(
+    block: Columns, shape: tuple, dtype: torch.dtype, device: torch.device
+) -> Columns:
+    """``block`` (at a node of ``shape``) with its columns cast to ``dtype``/``device``.
+
+    What autograd does to a gradient that crosses a dtype boundary (a cast, or
+    an op that promotes a float32 input to float64), done to the columns.
+    """
+    if not isinstance(block, DenseColumns | SampleColumns | TokenColumns):
+        block = block.to_dense(shape)
+    cast = {"dtype": dtype, "device": device}
+    return type(block)(block.data.to(**cast), block.sign.to(**cast))
 
 
 class Identity(Rule):

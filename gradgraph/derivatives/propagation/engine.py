@@ -40,7 +40,14 @@ import torch
 from ...graph import trace
 from ...nodes import ACCUMULATE_OP
 from ..params import ParamSet, as_params, check_scalar_loss
-from .base import OpContext, UnsupportedOpError, call_backward, pull
+from .base import (
+    OpContext,
+    UnsupportedOpError,
+    call_backward,
+    cast_columns,
+    input_dtype,
+    pull,
+)
 from .columns import Columns, combine, compressed, concatenate, leaf_diagonal
 from .registry import rule_for
 
@@ -269,6 +276,7 @@ def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
     grads: dict[int, dict[int, torch.Tensor]] = {}  # node -> output -> dL/dy
     contexts: dict[int, tuple[OpContext, list[int | None]]] = {}
     plan.ports = {}
+    plan.casts = {}  # (node, pos) -> the dtype, device the input takes
     for node in plan.relevant():
         received = grads.pop(node, {})
         if node in plan.leaf:
@@ -304,6 +312,10 @@ def _contexts(plan: _Plan) -> dict[int, tuple[OpContext, list[int | None]]]:
                 g = grads_in[pos]
                 if shape is not None and tuple(g.shape) != shape:
                     g = g.sum_to_size(shape)  # what the engine does for broadcasts
+                dtype, device = input_dtype(fns[child], out_nr)
+                if (g.dtype, g.device) != (dtype, device):  # a promoting op
+                    g = g.to(dtype=dtype, device=device)  # autograd casts it back
+                    plan.casts[node, pos] = dtype, device
                 in_shapes[pos] = tuple(g.shape)
                 port = grads.setdefault(child, {})
                 port[out_nr] = g if out_nr not in port else port[out_nr] + g
@@ -342,8 +354,13 @@ def _arrive(plan: _Plan, contexts: dict, node: int, pos: int, block: Columns):
     """``block``, pulled back to input ``pos`` of ``node``, as its child holds it.
 
     Columns for one output of a several-output child (``split``) are put in
-    place in the child's own layout; all others arrive as they are.
+    place in the child's own layout; columns that cross a dtype boundary (an op
+    that promoted its input) are cast to the input's dtype, as autograd casts
+    the gradient; all others arrive as they are.
     """
+    cast = plan.casts.get((node, pos))
+    if cast is not None:
+        block = cast_columns(block, contexts[node][0].in_shapes[pos], *cast)
     out_nr = plan.ports.get((node, pos))
     if out_nr is None:
         return block
@@ -494,7 +511,7 @@ def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.T
         if not ggn or rule.loss:
             start: dict[int, list] = {}
             for pos, block in rule.residual(ctx).items():
-                if (node, pos) in plan.ports:  # at a split: put in place
+                if (node, pos) in plan.ports or (node, pos) in plan.casts:
                     block = _arrive(plan, contexts, node, pos, block.written_out())
                 start.setdefault(children[pos], []).append(block)
             if start and drain.worth_it(start):

@@ -15,6 +15,7 @@ from . import (
     loss,  # noqa: F401
     normalization,  # noqa: F401
     recurrent,  # noqa: F401
+    reparametrization,  # noqa: F401
     shape,  # noqa: F401
     spatial,  # noqa: F401
 )

@@ -3,7 +3,8 @@
 ``a + b``, ``a * b`` and ``a / b`` (with their cross terms when both sides
 share a parameter), scaling by numbers, and every activation ``y = f(x)``
 with pullback ``f'(x)`` and second-order term ``diag(g f''(x))``; softmax
-along a dim (row-wise, but built from the same per-row algebra).
+and the 2-norm (``F.normalize``) along a dim (row-wise, but built from the
+same per-row algebra); GLU, ``a * sigmoid(b)`` on the two halves of a dim.
 
 Example:
     >>> import torch
@@ -268,6 +269,92 @@ class Softmax(Rule):
         return {0: row_columns(factors, signs, tuple(y.shape), dim)}
 
 
+class VectorNorm(Rule):
+    """The 2-norm along one dim (``linalg.vector_norm``, ``F.normalize``), per row.
+
+    With ``u = x / y``: ``J = u^T``, and ``d^2 y / dx^2 = (I - u u^T) / y``,
+    a projection: the columns ``(I - u u^T) e_i`` scaled by ``sqrt(|g| / y)``.
+    Other orders, several dims or the whole tensor are refused.
+    """
+
+    def refuses(self, fn, flows, coupled):
+        dim = fn._saved_dim
+        if fn._saved_ord != 2 or dim is None or len(dim) != 1:
+            return f"{type(fn).__name__} (not the 2-norm along one dim)"
+        return None
+
+    def _rows(self, ctx, t: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """The dim, and ``t`` (an output-shaped value) with that dim kept."""
+        x = ctx.fn._saved_self
+        dim = saved_dim(ctx.fn._saved_dim[0], x.dim())
+        if not ctx.fn._saved_keepdim:
+            t = t.unsqueeze(dim + t.dim() - len(ctx.out_shape))
+        return dim, t
+
+    def pullback(self, ctx, block, pos):
+        x = ctx.fn._saved_self
+        dim, y = self._rows(ctx, ctx.fn._saved_result)
+        block = per_sample_or_dense(block, ctx.out_shape, dim)
+        _, data = self._rows(ctx, block.data)
+        return type(block)(data * (x / y), block.sign)
+
+    def residual(self, ctx):
+        x = ctx.fn._saved_self
+        dim, y = self._rows(ctx, ctx.fn._saved_result)
+        _, g = self._rows(ctx, ctx.grad)
+        u = rows_along(x / y, dim)  # [N, R, K]
+        weight = rows_along(g / y, dim)  # [N, R, 1]
+        eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
+        projection = eye - u.unsqueeze(-1) * u.unsqueeze(-2)  # [N, R, K, K]
+        factors = projection * weight.abs().sqrt().unsqueeze(-1)
+        signs = weight.sign().expand_as(u)
+        return {0: row_columns(factors, signs, tuple(x.shape), dim)}
+
+
+class Glu(Rule):
+    """``glu(x, dim)``: ``a sigmoid(b)`` on the two halves ``a, b`` of ``x`` on ``dim``.
+
+    Per pair ``(a_i, b_i)`` the second-order term is the 2x2 form
+    ``g [[0, s'], [s', a s'']]`` (``s = sigmoid(b)``), taken by its
+    eigenvectors: two columns per pair, each on one row along ``dim``.
+    """
+
+    def _halves(self, ctx):
+        x = ctx.fn._saved_self
+        dim = saved_dim(ctx.fn._saved_dim, x.dim())
+        a, b = x.chunk(2, dim)
+        s = torch.sigmoid(b)
+        return dim, a, s, s * (1 - s)
+
+    def pullback(self, ctx, block, pos):
+        dim, a, s, slope = self._halves(ctx)
+        block = per_sample_or_dense(block, ctx.out_shape, dim)
+        data = torch.cat([block.data * s, block.data * a * slope], dim + 1)
+        return type(block)(data, block.sign)
+
+    def residual(self, ctx):
+        dim, a, s, slope = self._halves(ctx)
+        cross, own = ctx.grad * slope, ctx.grad * a * slope * (1 - 2 * s)
+        form = torch.stack(
+            [
+                torch.stack([torch.zeros_like(cross), cross], -1),
+                torch.stack([cross, own], -1),
+            ],
+            -2,
+        )  # [..., 2, 2] per pair
+        values, vectors = torch.linalg.eigh(form)
+        columns = vectors * values.abs().sqrt().unsqueeze(-2)  # [..., (a, b), j]
+        # pair i, eigen column j: a row along ``dim`` (length 2h), at i and h + i
+        factors, signs = [], []
+        for j in range(2):
+            at_a, at_b = (rows_along(columns[..., k, j], dim) for k in range(2))
+            factors.append(torch.cat([at_a.diag_embed(), at_b.diag_embed()], -1))
+            signs.append(rows_along(values[..., j].sign(), dim))
+        factors = torch.cat(factors, dim=2)  # [N, R, 2h, 2h]
+        shape = tuple(ctx.fn._saved_self.shape)
+        return {0: row_columns(factors, torch.cat(signs, dim=2), shape, dim)}
+
+
 register(AddSub(1.0), "AddBackward0")
 register(AddSub(-1.0), "SubBackward0")
 register(Identity(), "AddBackward1", "SubBackward1")
@@ -303,3 +390,5 @@ register(Elementwise(_from_input(lambda fn, x: torch.sin(x))), "SinBackward0")
 register(Elementwise(_from_input(lambda fn, x: torch.cos(x))), "CosBackward0")
 register(Elementwise(_from_input(lambda fn, x: x**fn._saved_exponent)), "PowBackward0")
 register(Softmax(), "SoftmaxBackward0")
+register(VectorNorm(), "LinalgVectorNormBackward0")
+register(Glu(), "GluBackward0")

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.func import vmap
 
-from ..base import OpContext, Rule, saved_dim, unbroadcast
+from ..base import OpContext, Rule, call_backward, saved_dim, unbroadcast
 from ..columns import Columns, SampleColumns, TokenColumns
 from ..registry import register
 
@@ -211,6 +211,26 @@ class Tiling(Rule):
         return block
 
 
+class _EmbeddingBag(ByOwnBackward):
+    """``nn.EmbeddingBag`` (sum, mean, max): linear in its weight; per-sample
+    weights that share a parameter with it (their cross term) are refused."""
+
+    def refuses(self, fn, flows, coupled):
+        if len(flows) > 1 and flows[0] and flows[1] and coupled(0, 1):
+            return f"{type(fn).__name__} (per-sample weights from the same parameter)"
+        return super().refuses(fn, flows, coupled)
+
+    def _all_inputs(self, ctx, data):
+        """A column at a time: torch's bag backward has no vmap batching rule."""
+        extra = [None] * (len(ctx.fn._input_metadata) - 1)
+        per_column = [call_backward(ctx.fn, col, *extra) for col in data.unbind(0)]
+        zero = data.new_zeros(())  # an input no gradient flows to
+        return tuple(
+            torch.stack([zero if g is None else g for g in grads])
+            for grads in zip(*per_column, strict=True)
+        )
+
+
 register(
     ByOwnBackward(_along_dim),
     "CatBackward0",
@@ -224,6 +244,7 @@ register(ByOwnBackward(_transposed_dims), "TransposeBackward0", "TransposeBackwa
 register(ByOwnBackward(_flipped_dims), "FlipBackward0")
 register(ByOwnBackward(_last_two), "TrilBackward0", "TriuBackward0")
 register(ByOwnBackward(_everywhere), "RepeatBackward0", "EmbeddingBackward0")
+register(_EmbeddingBag(_everywhere), "EmbeddingBagBackward0")
 register(
     ByOwnBackward(_elementwise),
     "WhereBackward0",

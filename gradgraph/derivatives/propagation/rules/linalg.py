@@ -1,4 +1,5 @@
-"""Rules for matrix products: ``mm`` and ``addmm`` (``nn.Linear``).
+"""Rules for matrix products: ``mm`` and ``addmm`` (``nn.Linear``), ``mv`` and
+``dot`` / ``vdot`` (spectral normalization's ``u^T W v``).
 
 Example:
     >>> import torch
@@ -83,5 +84,17 @@ class MatMul(Rule):
         return {i: a2, j: b2}
 
 
+class VectorProduct(Rule):
+    """``mv``, ``dot``, ``vdot``: linear in each side (pulled back by the node's
+    own backward); their cross term, needed only when one parameter reaches
+    both sides, is refused."""
+
+    def refuses(self, fn, flows, coupled):
+        if len(flows) > 1 and flows[0] and flows[1] and coupled(0, 1):
+            return f"{type(fn).__name__} (both sides depend on one parameter)"
+        return None
+
+
 register(MatMul(with_bias=False), "MmBackward0")
 register(MatMul(with_bias=True), "AddmmBackward0")
+register(VectorProduct(), "MvBackward0", "DotBackward0", "VdotBackward0")

@@ -1,4 +1,5 @@
-"""Rules for losses: mse, huber, smooth-L1, and cross-entropy's log-softmax and NLL.
+"""Rules for losses: mse, huber, smooth-L1, binary cross-entropy (on probabilities
+or logits), and cross-entropy's log-softmax and NLL.
 
 Their second-order terms are the loss Hessian (``loss = True``), the only
 terms the Gauss-Newton diagonal (:func:`ggn_diagonal`) keeps.
@@ -75,6 +76,41 @@ def _smooth_l1_curvature(fn, diff):
     return (diff.abs() < beta).to(diff.dtype) / beta
 
 
+class BinaryCrossEntropy(PointwiseLoss):
+    """Binary cross-entropy of probabilities ``p`` or of logits ``x``.
+
+    Per entry, on probabilities: ``-w (t log p + (1 - t) log(1 - p))``, with
+    curvature ``w (t / p^2 + (1 - t) / (1 - p)^2)`` in ``p``; on logits:
+    ``w ((1 - t) x + (1 + (q - 1) t) softplus(-x))`` (``q`` the positive
+    weight), with curvature ``w (1 + (q - 1) t) sigmoid(x) sigmoid(-x)``. A
+    target that depends on a parameter is refused.
+    """
+
+    def __init__(self, logits: bool):
+        super().__init__(curvature=None)  # the residual reads x and t itself
+        self.logits = logits
+
+    def refuses(self, fn, flows, coupled):
+        if len(flows) > 1 and flows[1]:
+            return f"{type(fn).__name__} (a target that depends on a parameter)"
+        return None
+
+    def residual(self, ctx):
+        fn = ctx.fn
+        x, t = fn._saved_self, fn._saved_target
+        g = ctx.grad / x.numel() if fn._saved_reduction == _REDUCTION_MEAN else ctx.grad
+        if self.logits:
+            curvature = torch.sigmoid(x) * torch.sigmoid(-x)
+            if fn._saved_pos_weight is not None:
+                curvature = curvature * (1 + (fn._saved_pos_weight - 1) * t)
+        else:
+            curvature = t / (x * x) + (1 - t) / ((1 - x) * (1 - x))
+        if fn._saved_weight is not None:
+            curvature = curvature * fn._saved_weight
+        cols = diagonal_columns((g * curvature).expand(x.shape))
+        return {} if cols is None else {0: cols}
+
+
 class LogSoftmax(Rule):
     """log_softmax along any dim: ``y = x - logsumexp(x)``, per row.
 
@@ -113,3 +149,5 @@ register(PointwiseLoss(_mse_curvature), "MseLossBackward0")
 register(PointwiseLoss(_huber_curvature), "HuberLossBackward0")
 register(PointwiseLoss(_smooth_l1_curvature), "SmoothL1LossBackward0")
 register(LogSoftmax(), "LogSoftmaxBackward0")
+register(BinaryCrossEntropy(logits=True), "BinaryCrossEntropyWithLogitsBackward0")
+register(BinaryCrossEntropy(logits=False), "BinaryCrossEntropyBackward0")

@@ -21,9 +21,10 @@ written as ``K + 2`` signed columns per row: ``Q e_i`` for ``-a Q``
 (``Q = I - 1 1^T / K``, a projection) and two along ``xhat`` and ``h~`` (the
 eigenvectors of the 2x2 form the other terms make on them), which keeps
 cancellation between columns small in float32. ``y`` is linear in ``b`` and in
-``w``; the cross term between ``w`` and ``x`` matters only when one parameter
-reaches both (a normalization layer that shapes its own input), which has no
-rule.
+``w``; the cross term between ``w`` and ``x``, ``sum_e g_e e_w(e) (J^T e)^T``
+(``J = d xhat / dx``), matters only when one parameter reaches both (ALBERT's
+shared layers: a LayerNorm whose weight also shaped its input); LayerNorm and
+GroupNorm then add it as one column per entry of ``y`` (BatchNorm refuses).
 
 Example:
     >>> import torch
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import OpContext, Rule, row_columns
+from ..base import OpContext, Rule, cross_pair, diagonal_columns, row_columns
 from ..columns import (
     Columns,
     DenseColumns,
@@ -146,11 +147,14 @@ class _Normalization(Rule):
     """
 
     op = ""
+    weight_input_cross = True  # has the rule the w-x cross term (see module doc)
 
     def rows(self, fn) -> _Rows:
         raise TypeError(f"{type(self).__name__} does not split a value into rows")
 
     def refuses(self, fn, flows, coupled):
+        if self.weight_input_cross:
+            return None
         if len(flows) > 1 and flows[0] and flows[1] and coupled(0, 1):
             return f"{type(fn).__name__} (an affine weight that also shapes its input)"
         return None
@@ -174,14 +178,7 @@ class _Normalization(Rule):
         rows, xhat, scale, weight = self._state(ctx)
         block = _dense_unless_per_sample(block, rows)
         if pos == 0:
-            u = rows.split(block.data)
-            if weight is not None:
-                u = u * weight
-            k = rows.k
-            dx = scale * (
-                u - u.sum(-1, keepdim=True) / k - xhat * (u * xhat).sum(-1, True) / k
-            )
-            return type(block)(rows.join(dx), block.sign)
+            return self._through_xhat(ctx, block, weight)
         data = block.data
         if pos == 1:
             data = rows.join(rows.split(data) * xhat)
@@ -189,9 +186,47 @@ class _Normalization(Rule):
             type(block)(data, block.sign), rows, tuple(ctx.in_shapes[pos])
         )
 
+    def _through_xhat(self, ctx, block: Columns, weight) -> Columns:
+        """Columns at ``y`` pulled back to ``x``: times ``w``, then ``J^T``."""
+        rows, xhat, scale, _ = self._state(ctx)
+        u = rows.split(block.data)
+        if weight is not None:
+            u = u * weight
+        k = rows.k
+        dx = scale * (
+            u - u.sum(-1, keepdim=True) / k - xhat * (u * xhat).sum(-1, True) / k
+        )
+        return type(block)(rows.join(dx), block.sign)
+
     def residual(self, ctx):
         if not ctx.flows(0):
             return {}
+        own = self._own_term(ctx)
+        if not (ctx.flows(1) and ctx.coupled(0, 1)):
+            return {0: own}
+        return self._with_weight_input_cross(ctx, own)
+
+    def _with_weight_input_cross(self, ctx, own: Columns) -> dict[int, Columns]:
+        """``own`` at ``x`` (zero at ``w``), then the w-x cross term's columns."""
+        rows = self._state(ctx)[0]
+        x_shape, w_shape = tuple(ctx.in_shapes[0]), tuple(ctx.in_shapes[1])
+        units = diagonal_columns(ctx.grad.expand(rows.shape))  # sqrt|g_e| e
+        if units is None:
+            return {0: own}
+        units = units.to_dense(rows.shape)
+        at_x = self._through_xhat(ctx, units, None)
+        at_w = _to_affine(units, rows, w_shape)
+        at_x, at_w = cross_pair(at_x, at_w)
+        own = own.to_dense(x_shape)
+        zeros = own.data.new_zeros(own.count, *w_shape)
+        sign = torch.cat([own.sign, at_x.sign])
+        return {
+            0: DenseColumns(torch.cat([own.data, at_x.data]), sign),
+            1: DenseColumns(torch.cat([zeros, at_w.data]), sign),
+        }
+
+    def _own_term(self, ctx) -> Columns:
+        """``sum_j h_j d^2 xhat_j / dx^2`` as ``K + 2`` columns per row."""
         rows, xhat, s, weight = self._state(ctx)
         h = rows.split(ctx.grad.expand(rows.shape).unsqueeze(0))[0]
         if weight is not None:
@@ -222,8 +257,8 @@ class _Normalization(Rule):
         )  # [N, R, K + 2, K]
         signs = torch.cat([(-a.sign()).expand_as(xhat), pairs[0][1], pairs[1][1]], -1)
         if self._per_token(rows):
-            return {0: row_columns(factors, signs, rows.shape, 2)}
-        return {0: RowColumns(factors, signs, rows.join, rows.per_sample)}
+            return row_columns(factors, signs, rows.shape, 2)
+        return RowColumns(factors, signs, rows.join, rows.per_sample)
 
     def _per_token(self, rows: _Rows) -> bool:
         """Are the rows the tokens of a ``[B, L, K]`` value?"""
@@ -261,6 +296,8 @@ class BatchNorm(_Normalization):
     affine map ``w (x - running_mean) / sqrt(running_var + eps) + b``: linear
     in ``x``, columns stay per sample, no residual.
     """
+
+    weight_input_cross = False
 
     def rows(self, fn):
         return _batch_norm_rows(fn)

@@ -1,9 +1,9 @@
 """Rules for ops that move values without changing them: views, transposes, sums.
 
 All linear, with no second-order term: view / reshape / squeeze / unsqueeze,
-transpose and permute, expand, sum and mean over dims, a max or min along a
-dim (a selection, linear almost everywhere), clone and alias, and the hook
-nodes module backward hooks add.
+transpose and permute, expand, sum and mean over dims, running sums
+(``cumsum``), a max or min along a dim (a selection, linear almost
+everywhere), clone and alias, and the hook nodes module backward hooks add.
 
 Example:
     >>> import torch
@@ -193,6 +193,16 @@ class MaxAlongDim(Rule):
         return type(block)(out, block.sign)
 
 
+class Cumsum(Rule):
+    """``cumsum`` along a dim: pulled back by the running sum from the end."""
+
+    def pullback(self, ctx, block, pos):
+        dim = saved_dim(ctx.fn._saved_dim, len(ctx.out_shape))
+        block = per_sample_or_dense(block, ctx.out_shape, dim)
+        data = block.data.flip(dim + 1).cumsum(dim + 1).flip(dim + 1)
+        return type(block)(data, block.sign)
+
+
 register(
     Reshape(),
     "ViewBackward0",
@@ -210,3 +220,4 @@ register(Rule(), "SumBackward0", "MeanBackward0")
 register(SumMean(mean=False), "SumBackward1")
 register(SumMean(mean=True), "MeanBackward1")
 register(MaxAlongDim(), "MaxBackward0", "MinBackward0")
+register(Cumsum(), "CumsumBackward0")

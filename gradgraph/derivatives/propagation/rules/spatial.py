@@ -15,7 +15,8 @@ pullbacks run on all columns at once:
   these stay lazy (:class:`.ProductColumns`) and are squared a chunk of
   samples at a time at the parameter;
 * max pooling: a scatter of each column to the saved argmax indices;
-* average pooling: torch's own pooling backward with the columns as the batch.
+* average pooling and upsampling (bilinear, nearest): torch's own backward
+  with the columns as the batch.
 
 Example:
     >>> import torch
@@ -88,29 +89,76 @@ def _per_channel(
 class Convolution(Rule):
     """ConvolutionBackward0 (Conv1d/2d/3d; any stride, padding, dilation, groups).
 
-    Linear in the input and in the weight, so no residual; refuses a
-    transposed convolution and a kernel that also shapes its own input (the
-    input-weight cross term).
+    Linear in the input and in the weight, so no residual; refuses a kernel
+    that also shapes its own input (the input-weight cross term). A
+    transposed convolution goes to its input by the plain convolution (its
+    adjoint) and to its weight by per-(column, sample) VJPs (``torch.func``).
     """
 
     def refuses(self, fn, flows, coupled):
         if len(flows) > 1 and flows[0] and flows[1] and coupled(0, 1):
             return "ConvolutionBackward0 (a kernel that also shapes its own input)"
-        if fn._saved_transposed:
-            return "ConvolutionBackward0 (transposed convolution)"
         return None
 
     def pullback(self, ctx, block, pos):
+        transposed = ctx.fn._saved_transposed
         if pos == 0:
+            if transposed:
+                return _by_column(block, ctx.out_shape, self._settings(ctx, False))
             return self._to_input(ctx, block)
         if isinstance(block, OuterColumns):
             block = block.to_dense(ctx.out_shape)
+        if pos == 1 and transposed:
+            return self._to_transposed_weight(ctx, block)
         if pos == 1:
             return self._to_weight(ctx, block)
         spatial = tuple(range(3, block.data.dim()))  # bias: sum over positions
         if isinstance(block, SampleColumns):
             return one_per_column(block.data.sum(spatial), block.sign)
         return DenseColumns(block.data.sum((1, *spatial)), block.sign)
+
+    @staticmethod
+    def _settings(ctx: OpContext, transposed: bool, weight=None):
+        """The node's convolution (or, ``transposed=False``, its adjoint) as a
+        function of the input (and of the weight, when ``weight`` is None)."""
+        fn = ctx.fn
+        padding = [0] * len(fn._saved_stride)
+        extra = fn._saved_output_padding if transposed else padding
+
+        def conv(x, w=weight):
+            return torch.ops.aten.convolution(
+                x,
+                fn._saved_weight if w is None else w,
+                None,
+                fn._saved_stride,
+                fn._saved_padding,
+                fn._saved_dilation,
+                transposed,
+                extra,
+                fn._saved_groups,
+            )
+
+        return conv
+
+    def _to_transposed_weight(self, ctx: OpContext, block: Columns) -> Columns:
+        """Per column and sample: the VJP of the weight, all of them by vmap."""
+        x = ctx.fn._saved_input
+        conv = self._settings(ctx, True)
+        weight = ctx.fn._saved_weight
+        c, n = block.data.shape[:2]
+
+        def one(v, x_n):  # one sample's part of one column
+            def of_weight(w):
+                return conv(x_n.unsqueeze(0), w)
+
+            return torch.func.vjp(of_weight, weight)[1](v.unsqueeze(0))[0]
+
+        v = block.data.reshape(c * n, *block.data.shape[2:])
+        grads = torch.vmap(one)(v, x.repeat(c, *[1] * (x.dim() - 1)))
+        grads = grads.reshape(c, n, *weight.shape)
+        if isinstance(block, SampleColumns):
+            return one_per_column(grads, block.sign)
+        return DenseColumns(grads.sum(1), block.sign)
 
     def _to_input(self, ctx: OpContext, block: Columns) -> Columns:
         fn = ctx.fn
@@ -260,6 +308,27 @@ class ConstantPad(Rule):
         return type(block)(F.pad(block.data, [-p for p in pad]), block.sign)
 
 
+class Upsample(Rule):
+    """Upsample{Bilinear,Nearest}2DBackward0 (``F.interpolate``): linear per sample.
+
+    ``backward(grad, output_size, input_size, *options)`` is torch's own;
+    ``options`` name the saved settings it takes after the sizes.
+    """
+
+    def __init__(self, backward: Callable[..., torch.Tensor], *options: str):
+        self.backward, self.options = backward, options
+
+    def pullback(self, ctx, block, pos):
+        fn, in_shape = ctx.fn, ctx.in_shapes[0]
+        settings = [getattr(fn, f"_saved_{name}") for name in self.options]
+
+        def apply(v):
+            size = (v.shape[0], *in_shape[1:])
+            return self.backward(v, list(ctx.out_shape[2:]), size, *settings)
+
+        return _by_column(block, ctx.out_shape, apply)
+
+
 register(Convolution(), "ConvolutionBackward0")
 register(MaxPool(), "MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
 register(AvgPool(torch.ops.aten.avg_pool2d_backward, 2), "AvgPool2DBackward0")
@@ -273,3 +342,16 @@ register(
     "AdaptiveAvgPool3DBackward0",
 )
 register(ConstantPad(), "ConstantPadNdBackward0")
+register(
+    Upsample(
+        torch.ops.aten.upsample_bilinear2d_backward,
+        "align_corners",
+        "scales_h",
+        "scales_w",
+    ),
+    "UpsampleBilinear2DBackward0",
+)
+register(
+    Upsample(torch.ops.aten.upsample_nearest2d_backward, "scales_h", "scales_w"),
+    "UpsampleNearest2DBackward0",
+)
