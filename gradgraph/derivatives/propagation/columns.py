@@ -182,6 +182,8 @@ class OuterColumns(ColumnBlock):
 
 # samples per chunk of ProductColumns' squares: about this many entries at once
 _PRODUCT_CHUNK = 1 << 19
+# entries of the Gram route's per-sample tensors at once (see square_sum)
+_GRAM_LIMIT = 1 << 22
 
 
 @dataclass
@@ -215,19 +217,61 @@ class ProductColumns(ColumnBlock):
         return self.to_dense(self.shape)
 
     def square_sum(self, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """``sum_{c,n} s[c, n] column(c, n)**2``, a chunk of samples at a time."""
+        """``sum_{c,n} s[c, n] column(c, n)**2``, never all columns at once.
+
+        Entry ``(o, k)`` of a column is ``sum_l left[o, l] right[k, l]``, so its
+        square summed over the columns is also
+        ``sum_{l,m} G[o, l, m] right[k, l] right[k, m]`` with the signed Gram
+        ``G = sum_c s_c left[c, o, l] left[c, o, m]``: cheaper than forming
+        every column when the positions ``L`` are few and the columns many
+        (deep, small feature maps). The cheaper of the two routes runs.
+        """
         c, n, g, o, ell = self.left.shape
         k = self.right.shape[2]
-        step = max(1, _PRODUCT_CHUNK // max(1, c * g * o * max(k, ell)))
-        left = self.left.permute(1, 2, 0, 3, 4)  # [N, G, C, O, L]
+        direct = c * o * k * (ell + 1)
+        gram = (c * o + o * k + k) * ell * ell
+        if gram < direct and g * (o + k) * ell * ell <= _GRAM_LIMIT:
+            total = self._gram_square_sum()
+        else:
+            total = self._direct_square_sum()
+        return total.reshape(self.shape)
+
+    def _direct_square_sum(self) -> torch.Tensor:
+        """Every column formed, a chunk of columns and samples at a time."""
+        c, n, g, o, ell = self.left.shape
+        k = self.right.shape[2]
+        one = g * o * max(k, ell)  # entries of one column (and sample)
+        cols = max(1, min(c, _PRODUCT_CHUNK // one))
+        step = max(1, _PRODUCT_CHUNK // (cols * one))
+        total = self.left.new_zeros(g, o, k)
+        for first in range(0, c, cols):
+            last = min(first + cols, c)
+            left = self.left[first:last].permute(1, 2, 0, 3, 4)  # [N, G, C, O, L]
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                lhs = left[a:b].reshape((b - a) * g, (last - first) * o, ell)
+                rhs = self.right[a:b].reshape((b - a) * g, k, ell).transpose(1, 2)
+                prod = torch.bmm(lhs, rhs).square_()
+                prod = prod.reshape(b - a, g, last - first, o, k)
+                sign = self.sign[first:last, a:b]
+                total += torch.einsum("cn,ngcok->gok", sign, prod)
+        return total
+
+    def _gram_square_sum(self) -> torch.Tensor:
+        """Through the signed Gram of ``left`` over the columns, per sample."""
+        c, n, g, o, ell = self.left.shape
+        k = self.right.shape[2]
+        step = max(1, _GRAM_LIMIT // (g * (o + k) * ell * ell))
         total = self.left.new_zeros(g, o, k)
         for a in range(0, n, step):
             b = min(a + step, n)
-            lhs = left[a:b].reshape((b - a) * g, c * o, ell)
-            rhs = self.right[a:b].reshape((b - a) * g, k, ell).transpose(1, 2)
-            prod = torch.bmm(lhs, rhs).square_().reshape(b - a, g, c, o, k)
-            total += torch.einsum("cn,ngcok->gok", self.sign[:, a:b], prod)
-        return total.reshape(self.shape)
+            left = self.left[:, a:b]
+            signed = left * self.sign[:, a:b, None, None, None]
+            gram = torch.einsum("cngol,cngom->ngolm", signed, left)
+            right = self.right[a:b]
+            pairs = right.unsqueeze(-1) * right.unsqueeze(-2)  # [N, G, K, L, L]
+            total += torch.einsum("ngolm,ngklm->gok", gram, pairs)
+        return total
 
 
 class _Lazy(ColumnBlock):
