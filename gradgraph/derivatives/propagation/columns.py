@@ -29,6 +29,8 @@ columns small:
 * :class:`RowColumns`: columns that each sit on one row of a value (the
   curvature of a softmax or a normalization layer, per row), written out a
   slice at a time too.
+* :class:`ChainedColumns`: the columns of several such blocks one after the
+  other (a diagonal plus a few dense columns), each kept in its own layout.
 
 Columns are independent of each other, so a block can travel in slices of
 its leading (column) axis and the slices' contributions add.
@@ -364,6 +366,41 @@ class RowColumns(_Lazy):
         if self.per_sample:
             return SampleColumns(data, sign.contiguous())
         return DenseColumns(data, sign.reshape(-1))
+
+
+@dataclass
+class ChainedColumns(_Lazy):
+    """The columns of several blocks one after the other, as one source.
+
+    For a term that is a sum of differently structured parts (a diagonal
+    plus a few dense columns), each part in its own layout. A slice that
+    spans two parts is written out densely at a node of ``shape``.
+    """
+
+    parts: list[ColumnBlock]
+    shape: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.parts)
+
+    @property
+    def column_bytes(self) -> int:
+        return max(p.column_bytes for p in self.parts)
+
+    def take(self, start: int, stop: int) -> ColumnBlock:
+        pieces, offset = [], 0
+        for part in self.parts:
+            lo, hi = max(start, offset), min(stop, offset + part.count)
+            if lo < hi:
+                pieces.append(part.take(lo - offset, hi - offset).written_out())
+            offset += part.count
+        if len(pieces) == 1:
+            return pieces[0]
+        dense = [p.to_dense(self.shape) for p in pieces]
+        return DenseColumns(
+            torch.cat([d.data for d in dense]), torch.cat([d.sign for d in dense])
+        )
 
 
 Columns = DenseColumns | SampleColumns | OuterColumns | ProductColumns

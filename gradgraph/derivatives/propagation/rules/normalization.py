@@ -40,8 +40,10 @@ import torch
 
 from ..base import OpContext, Rule
 from ..columns import (
+    ChainedColumns,
     Columns,
     DenseColumns,
+    DiagonalColumns,
     OuterColumns,
     RowColumns,
     SampleColumns,
@@ -189,9 +191,12 @@ class _Normalization(Rule):
             type(block)(data, block.sign), rows, tuple(ctx.in_shapes[pos])
         )
 
-    def residual(self, ctx):
-        if not ctx.flows(0):
-            return {}
+    def _curvature(self, ctx: OpContext):
+        """The op's own term per row, as ``-a s^2 / K`` times ``Q`` plus columns.
+
+        Returns rows, ``a`` (``[N, R, 1]``), ``s^2 / K`` and the two columns
+        along ``xhat`` and ``h~`` (``[N, R, 2, K]``, signs ``[N, R, 2]``).
+        """
         rows, xhat, s, weight = self._state(ctx)
         h = rows.split(ctx.grad.expand(rows.shape).unsqueeze(0))[0]
         if weight is not None:
@@ -199,12 +204,8 @@ class _Normalization(Rule):
         k = rows.k
         a = (h * xhat).sum(-1, keepdim=True)  # [N, R, 1]
         h_centred = h - h.mean(-1, keepdim=True)
-        # -a Q: the columns Q e_i (Q Q^T = Q), all mean-free like the rest
-        eye = torch.eye(k, dtype=xhat.dtype, device=xhat.device)
-        root = s * (a.abs() / k).sqrt()  # sqrt of |a| s^2 / K
-        centred = root.unsqueeze(-1) * (eye - 1 / k)  # [N, R, K, K]
-        # the rest on the unit vectors p, q along xhat, h~: the symmetric 2x2
-        # form [[3a/K |p|^2, -|p||q|], [-|p||q|, 0]] by its eigenvectors
+        # on the unit vectors p, q along xhat, h~: the symmetric 2x2 form
+        # [[3a/K |p|^2, -|p||q|], [-|p||q|, 0]] by its eigenvectors
         p_norm = xhat.norm(dim=-1, keepdim=True)
         q_norm = h_centred.norm(dim=-1, keepdim=True)
         tiny = torch.finfo(xhat.dtype).tiny
@@ -212,15 +213,25 @@ class _Normalization(Rule):
         q = h_centred / q_norm.clamp_min(tiny)
         alpha, beta = 3 * a / k * p_norm**2, -p_norm * q_norm
         spread = (alpha**2 / 4 + beta**2).sqrt()
-        pairs = []
+        factors, signs = [], []
         for lam in (alpha / 2 + spread, alpha / 2 - spread):
             length = (lam**2 + beta**2).sqrt().clamp_min(tiny)
             size = s * (lam.abs() / k).sqrt() / length
-            pairs.append((size * (lam * p + beta * q), lam.sign()))
-        factors = torch.cat(
-            [centred, pairs[0][0].unsqueeze(2), pairs[1][0].unsqueeze(2)], dim=2
-        )  # [N, R, K + 2, K]
-        signs = torch.cat([(-a.sign()).expand_as(xhat), pairs[0][1], pairs[1][1]], -1)
+            factors.append(size * (lam * p + beta * q))
+            signs.append(lam.sign())
+        pair = torch.stack(factors, dim=2), torch.cat(signs, dim=-1)
+        return rows, a, s**2 / k, pair
+
+    def residual(self, ctx):
+        if not ctx.flows(0):
+            return {}
+        rows, a, size, (pair, pair_sign) = self._curvature(ctx)
+        k = rows.k
+        # -a Q: the columns Q e_i (Q Q^T = Q), all mean-free like the rest
+        eye = torch.eye(k, dtype=pair.dtype, device=pair.device)
+        centred = (size * a.abs()).sqrt().unsqueeze(-1) * (eye - 1 / k)
+        factors = torch.cat([centred, pair], dim=2)  # [N, R, K + 2, K]
+        signs = torch.cat([(-a.sign()).expand(*a.shape[:2], k), pair_sign], -1)
         return {0: RowColumns(factors, signs, rows.join, rows.per_sample)}
 
 
@@ -281,9 +292,20 @@ class BatchNorm(_Normalization):
         )
 
     def residual(self, ctx):
-        if ctx.fn._saved_training:
-            return super().residual(ctx)
-        return {}
+        """Training mode: ``-a s^2 / K Q`` as ``diag(-a s^2 / K)`` (per-sample
+        one-hot columns, like an activation's) plus ``(a s^2 / K^2) 1 1^T``,
+        and the two columns along ``xhat`` and ``h~``: three dense columns per
+        channel instead of ``K + 2``."""
+        if not ctx.fn._saved_training or not ctx.flows(0):
+            return {}
+        rows, a, size, (pair, pair_sign) = self._curvature(ctx)
+        k = rows.k
+        diagonal = rows.join((-a * size).expand(1, rows.r, k)[None])[0]
+        ones = (size * a.abs() / k).sqrt().expand(1, rows.r, k).unsqueeze(2)
+        factors = torch.cat([ones, pair], dim=2)  # [1, C, 3, K]
+        signs = torch.cat([a.sign(), pair_sign], dim=-1)
+        dense = RowColumns(factors, signs, rows.join, False)
+        return {0: ChainedColumns([DiagonalColumns(diagonal), dense], rows.shape)}
 
 
 register(LayerNorm(), "NativeLayerNormBackward0")
