@@ -7,7 +7,8 @@ then ``y = w xhat + b`` with an optional affine ``w, b``:
 * LayerNorm: a row is the trailing ``normalized_shape`` of one position;
 * GroupNorm: a row is one group of channels (and all positions) of a sample;
 * BatchNorm, training: a row is one channel over the whole batch, so it
-  couples the samples and its columns are written out densely;
+  couples the samples and its columns are written out densely; its own term
+  is kept as a diagonal (per-sample columns) plus three columns per channel;
 * BatchNorm, eval: running statistics, an affine map per channel (no row).
 
 Per row, ``d xhat / dx = s P`` with ``P = I - 1 1^T / K - xhat xhat^T / K``
@@ -253,8 +254,9 @@ class BatchNorm(_Normalization):
     """NativeBatchNormBackward0 (``nn.BatchNorm1d/2d/3d``, ``F.batch_norm``).
 
     In training mode (batch statistics) a row is a channel over the batch, so
-    the columns are dense: exact, with memory that grows as the square of the
-    activation's size. In eval mode (running statistics) it is the per-channel
+    columns pulled back through it are dense (one per column and sample); its
+    own curvature is a per-sample diagonal plus three dense columns per
+    channel (:meth:`residual`). In eval mode (running statistics) it is the per-channel
     affine map ``w (x - running_mean) / sqrt(running_var + eps) + b``: linear
     in ``x``, columns stay per sample, no residual.
     """
@@ -277,9 +279,52 @@ class BatchNorm(_Normalization):
         ctx.memo["state"] = rows, xhat, scale, fn._saved_weight
         return ctx.memo["state"]
 
+    def _channels(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training mode: xhat as ``[N, C, L]``, ``s`` and ``w s`` as ``[C, 1]``."""
+        if "channels" not in ctx.memo:
+            fn = ctx.fn
+            x = fn._saved_input
+            n, c = x.shape[:2]
+            scale = fn._saved_result2.reshape(c, 1)
+            xhat = (x.reshape(n, c, -1) - fn._saved_result1.reshape(c, 1)) * scale
+            weight = fn._saved_weight
+            gain = scale if weight is None else scale * weight.reshape(c, 1)
+            ctx.memo["channels"] = xhat, scale, gain
+        return ctx.memo["channels"]
+
+    def _training_pullback(self, ctx, block, pos):
+        """``s w (v - mean(v) - xhat mean(v xhat))`` per channel, on the
+        columns as ``[C, N, channels, L]`` (no permutes); per-sample columns
+        come out dense, one per (column, sample): the means mix the samples."""
+        xhat, _, gain = self._channels(ctx)
+        n, c, length = xhat.shape
+        shape = tuple(ctx.out_shape)
+        if isinstance(block, OuterColumns):
+            block = block.to_dense(shape)
+        per_sample = isinstance(block, SampleColumns)
+        sign = block.sign.reshape(-1)
+        v = block.data.reshape(block.data.shape[0], n, c, length)
+        over = (-1,) if per_sample else (1, -1)  # a column's entries in a channel
+        if pos == 1:
+            data = (v * xhat).sum(over)
+            return DenseColumns(data.reshape(-1, c), sign)
+        if pos == 2:
+            return DenseColumns(v.sum(over).reshape(-1, c), sign)
+        total = n * length
+        mean = v.sum(over, keepdim=True) / total
+        along = (v * xhat).sum(over, keepdim=True) / total
+        if per_sample:  # [C, N (column), N (sample), channels, L]
+            out = -(mean.unsqueeze(2) + xhat * along.unsqueeze(2))
+            idx = torch.arange(n, device=v.device)
+            out[:, idx, idx] += v
+        else:
+            out = v - mean - xhat * along
+        out = out * gain
+        return DenseColumns(out.reshape(-1, *shape), sign)
+
     def pullback(self, ctx, block, pos):
         if ctx.fn._saved_training:
-            return super().pullback(ctx, block, pos)
+            return self._training_pullback(ctx, block, pos)
         rows, xhat, scale, weight = self._state(ctx)
         if isinstance(block, OuterColumns):
             block = block.to_dense(rows.shape)
