@@ -304,22 +304,27 @@ class BatchNorm(_Normalization):
         per_sample = isinstance(block, SampleColumns)
         sign = block.sign.reshape(-1)
         v = block.data.reshape(block.data.shape[0], n, c, length)
-        over = (-1,) if per_sample else (1, -1)  # a column's entries in a channel
+
+        def per_channel(t: torch.Tensor) -> torch.Tensor:
+            """Sums over a column's entries in each channel (last dim first:
+            contiguous reductions are the fast ones)."""
+            t = t.sum(-1, keepdim=True)
+            return t if per_sample else t.sum(1, keepdim=True)
+
         if pos == 1:
-            data = (v * xhat).sum(over)
-            return DenseColumns(data.reshape(-1, c), sign)
+            return DenseColumns(per_channel(v * xhat).reshape(-1, c), sign)
         if pos == 2:
-            return DenseColumns(v.sum(over).reshape(-1, c), sign)
+            return DenseColumns(per_channel(v).reshape(-1, c), sign)
         total = n * length
-        mean = v.sum(over, keepdim=True) / total
-        along = (v * xhat).sum(over, keepdim=True) / total
+        mean = per_channel(v) / total
+        along = per_channel(v * xhat) / total
         if per_sample:  # [C, N (column), N (sample), channels, L]
             out = -(mean.unsqueeze(2) + xhat * along.unsqueeze(2))
             idx = torch.arange(n, device=v.device)
             out[:, idx, idx] += v
         else:
-            out = v - mean - xhat * along
-        out = out * gain
+            out = torch.addcmul(v - mean, xhat, along, value=-1)
+        out.mul_(gain)
         return DenseColumns(out.reshape(-1, *shape), sign)
 
     def pullback(self, ctx, block, pos):
