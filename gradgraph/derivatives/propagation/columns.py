@@ -185,7 +185,7 @@ class OuterColumns(ColumnBlock):
 # samples per chunk of ProductColumns' squares: about this many entries at once
 _PRODUCT_CHUNK = 1 << 19
 # entries of the Gram route's per-sample tensors at once (see square_sum)
-_GRAM_LIMIT = 1 << 22
+_GRAM_LIMIT = 1 << 24
 
 
 @dataclass

@@ -319,9 +319,8 @@ class BatchNorm(_Normalization):
         mean = per_channel(v) / total
         along = per_channel(v * xhat) / total
         if per_sample:  # [C, N (column), N (sample), channels, L]
-            out = -(mean.unsqueeze(2) + xhat * along.unsqueeze(2))
-            idx = torch.arange(n, device=v.device)
-            out[:, idx, idx] += v
+            out = torch.addcmul(mean.unsqueeze(2), xhat, along.unsqueeze(2)).neg_()
+            out.diagonal(0, 1, 2).add_(v.permute(0, 2, 3, 1))  # own sample
         else:
             out = torch.addcmul(v - mean, xhat, along, value=-1)
         out.mul_(gain)
