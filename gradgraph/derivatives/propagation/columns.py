@@ -296,6 +296,10 @@ class DiagonalColumns(_Lazy):
     """
 
     weights: torch.Tensor
+    # > 1: each column is centred on its row of this many consecutive entries
+    # (of a sample): the block is diag(weights) times the projection that
+    # takes out each row's mean, for weights constant along a row
+    row_length: int = 1
 
     @property
     def count(self) -> int:
@@ -315,7 +319,12 @@ class DiagonalColumns(_Lazy):
             n = w.shape[0]
             flat = w.reshape(n, -1)[:, start:stop]
             data = w.new_zeros(k, n, self.count)
-            data[idx, :, start + idx] = flat.abs().sqrt().T
+            root = flat.abs().sqrt().T
+            data[idx, :, start + idx] = root
+            if self.row_length > 1:  # minus the row's mean
+                length = self.row_length
+                rows = data.view(k, n, -1, length)
+                rows[idx, :, (start + idx) // length] -= (root / length)[..., None]
             return SampleColumns(
                 data.reshape(k, n, *w.shape[1:]), flat.sign().T.contiguous()
             )

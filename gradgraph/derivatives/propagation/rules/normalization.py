@@ -341,20 +341,30 @@ class BatchNorm(_Normalization):
         )
 
     def residual(self, ctx):
-        """Training mode: ``-a s^2 / K Q`` as ``diag(-a s^2 / K)`` (per-sample
-        one-hot columns, like an activation's) plus ``(a s^2 / K^2) 1 1^T``,
-        and the two columns along ``xhat`` and ``h~``: three dense columns per
-        channel instead of ``K + 2``."""
+        """Training mode: ``-a s^2 / K Q`` (``Q`` centres a channel over the
+        batch) as the same multiple of ``Q_L``, which centres each sample's
+        part (``L`` entries), in per-sample columns like an activation's, plus
+        ``N`` dense columns for ``Q - Q_L`` (the samples' means centred), and
+        the two along ``xhat`` and ``h~``: ``N + 2`` dense columns per channel
+        instead of ``K + 2``, all mean-free as before."""
         if not ctx.fn._saved_training or not ctx.flows(0):
             return {}
         rows, a, size, (pair, pair_sign) = self._curvature(ctx)
-        k = rows.k
-        diagonal = rows.join((-a * size).expand(1, rows.r, k)[None])[0]
-        ones = (size * a.abs() / k).sqrt().expand(1, rows.r, k).unsqueeze(2)
-        factors = torch.cat([ones, pair], dim=2)  # [1, C, 3, K]
-        signs = torch.cat([a.sign(), pair_sign], dim=-1)
-        dense = RowColumns(factors, signs, rows.join, False)
-        return {0: ChainedColumns([DiagonalColumns(diagonal), dense], rows.shape)}
+        shape, channels = rows.shape, rows.r
+        n = shape[0]
+        length = rows.k // n
+        weight = -a * size  # [1, C, 1]
+        # Q - Q_L: columns (e_n - 1/N) (x) 1_L / sqrt(L), one per sample n
+        centring = torch.eye(n, dtype=a.dtype, device=a.device) - 1 / n
+        centring = centring.repeat_interleave(length, dim=1)  # [N, K]
+        means = (weight.abs() / length).sqrt().unsqueeze(-1) * centring
+        factors = torch.cat([means, pair], dim=2)
+        signs = torch.cat([weight.sign().expand(1, channels, n), pair_sign], dim=-1)
+        parts = [RowColumns(factors, signs, rows.join, False)]
+        if length > 1:  # Q_L: zero for one entry per sample and channel
+            diagonal = weight.reshape(1, channels, *[1] * (len(shape) - 2))
+            parts.insert(0, DiagonalColumns(diagonal.expand(shape), length))
+        return {0: ChainedColumns(parts, shape)}
 
 
 register(LayerNorm(), "NativeLayerNormBackward0")
