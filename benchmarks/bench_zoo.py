@@ -20,6 +20,8 @@ downloads), float32 unless ``--dtype float64``:
 Costs are in gradients: a method's time over the gradient's time.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_zoo.py [--models lstm gru]``.
+``--models resnet18`` (ResNet-18, 11.2M parameters, training mode, batch 2 at
+32x32; not in the default list) takes minutes: add ``--repeat 1 --rows 5``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from gradgraph.derivatives.propagation import (  # noqa: E402
     diagonal_method,
     unsupported_ops,
 )
-from tests.zoo import BUILDERS, build, twice_differentiable  # noqa: E402
+from tests.zoo import BUILDERS, LARGE, build, twice_differentiable  # noqa: E402
 
 try:
     from backpack import backpack, extend
@@ -130,7 +132,9 @@ def _ops(case) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list(BUILDERS))
+    parser.add_argument(
+        "--models", nargs="*", default=list(BUILDERS), choices=[*BUILDERS, *LARGE]
+    )
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--rows", type=int, default=20, help="HVP rows timed")
     parser.add_argument("--repeat", type=int, default=2)

@@ -13,11 +13,13 @@ import torch.nn as nn
 from gradgraph.derivatives import hessian_diagonal
 from gradgraph.derivatives.propagation import (
     UnsupportedOpError,
+    columns,
     diagonal_method,
     ggn_diagonal,
     propagated_hessian_diagonal,
     unsupported_ops,
 )
+from gradgraph.derivatives.propagation.columns import ProductColumns
 
 from .model_reference import assert_propagates_exactly
 from .reference import dense_hessian
@@ -305,3 +307,22 @@ def test_a_transposed_convolution_propagates(groups):
     head = [nn.Conv2d(4, 1, 3), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(9, 3)]
     model = nn.Sequential(up, nn.Tanh(), *head).double()
     assert_propagates_exactly(model, mse, X[:, :, :4, :4], "ConvolutionBackward0")
+
+
+@pytest.mark.parametrize("samples", [1, 3], ids=["dense", "per_sample"])
+def test_weight_columns_square_alike_by_both_routes(samples, monkeypatch):
+    """A convolution's weight columns, squared through the Gram matrix over the
+    columns and one chunk of columns at a time, equal their written-out squares."""
+    torch.manual_seed(0)
+    c, groups, out, k, positions = 5, 2, 3, 4, 6
+    left = torch.randn(c, samples, groups, out, positions, dtype=torch.float64)
+    right = torch.randn(samples, groups, k, positions, dtype=torch.float64)
+    sign = torch.randint(0, 2, (c, samples)).double() - 0.5
+    block = ProductColumns(left, right, sign, (groups * out, k))
+    dense = block.to_dense(block.shape)
+    expected = torch.einsum("c,cok->ok", dense.sign, dense.data.square())
+    monkeypatch.setattr(columns, "_PRODUCT_CHUNK", 7)  # a column per chunk
+    monkeypatch.setattr(columns, "_GRAM_LIMIT", 200)  # a sample at a time
+    for route in (block._gram_square_sum, block._direct_square_sum):
+        torch.testing.assert_close(route().reshape(block.shape), expected)
+    torch.testing.assert_close(block.square_sum(), expected)

@@ -239,22 +239,32 @@ def vit(dtype, generator):
     )
 
 
-def resnet(dtype, generator):
-    """transformers' ResNet in training mode: BatchNorm on batch statistics."""
+def _resnet(dtype, generator, widths, depths, batch, size):
+    """transformers' basic-block ResNet in training mode, MSE on its pooled output."""
     from transformers import ResNetConfig, ResNetModel
 
     config = ResNetConfig(
         num_channels=3,
-        embedding_size=8,
-        hidden_sizes=[8, 16],
-        depths=[1, 1],
+        embedding_size=widths[0],
+        hidden_sizes=widths,
+        depths=depths,
         layer_type="basic",
     )
     model = _quiet(lambda: ResNetModel(config)).to(dtype).train()
-    images = torch.randn(4, 3, 16, 16, generator=generator).to(dtype)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(dtype)
     return model, _mse_to_fixed(
         model, {"pixel_values": images}, generator, lambda out: out.pooler_output
     )
+
+
+def resnet(dtype, generator):
+    """transformers' ResNet in training mode: BatchNorm on batch statistics."""
+    return _resnet(dtype, generator, [8, 16], [1, 1], batch=4, size=16)
+
+
+def resnet18(dtype, generator):
+    """ResNet-18 (11.2M parameters) in training mode, batch 2 at 32x32: minutes."""
+    return _resnet(dtype, generator, [64, 128, 256, 512], [2, 2, 2, 2], 2, 32)
 
 
 class _Classifier(nn.Module):
@@ -312,13 +322,16 @@ BUILDERS = {
     "gpt_neox": gpt_neox,
     "albert": albert,
 }
+# too slow for the test suite; benchmarks/bench_zoo.py runs them when named
+LARGE = {"resnet18": resnet18}
 
 
 def build(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> ZooModel:
-    """The zoo model ``name`` (a key of ``BUILDERS``), random init from ``seed``."""
+    """The zoo model ``name`` (a key of ``BUILDERS`` or ``LARGE``), random init
+    from ``seed``."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model, loss = BUILDERS[name](dtype, generator)
+    model, loss = {**BUILDERS, **LARGE}[name](dtype, generator)
     return ZooModel(name, model, loss)
 
 

@@ -35,6 +35,8 @@ columns small:
 * :class:`RowColumns`: columns that each sit on one row of a value (the
   curvature of a softmax or a normalization layer, per row), written out a
   slice at a time too.
+* :class:`ChainedColumns`: the columns of several such blocks one after the
+  other (a diagonal plus a few dense columns), each kept in its own layout.
 
 Columns are independent of each other, so a block can travel in slices of
 its leading (column) axis and the slices' contributions add. Written out
@@ -258,6 +260,8 @@ class OuterColumns(ColumnBlock):
 
 # samples per chunk of ProductColumns' squares: about this many entries at once
 _PRODUCT_CHUNK = 1 << 19
+# entries of the Gram route's per-sample tensors at once (see square_sum)
+_GRAM_LIMIT = 1 << 24
 
 
 @dataclass
@@ -305,21 +309,63 @@ class ProductColumns(ColumnBlock):
         return self.to_dense(self.shape)
 
     def square_sum(self, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """``sum_{c,n} s[c, n] column(c, n)**2``, a chunk of samples at a time."""
+        """``sum_{c,n} s[c, n] column(c, n)**2``, never all columns at once.
+
+        Entry ``(o, k)`` of a column is ``sum_l left[o, l] right[k, l]``, so its
+        square summed over the columns is also
+        ``sum_{l,m} G[o, l, m] right[k, l] right[k, m]`` with the signed Gram
+        ``G = sum_c s_c left[c, o, l] left[c, o, m]``: cheaper than forming
+        every column when the positions ``L`` are few and the columns many
+        (deep, small feature maps). The cheaper of the two routes runs.
+        """
         c, n, g, o, ell = self.left.shape
         k = self.right.shape[2]
-        step = max(1, _PRODUCT_CHUNK // max(1, c * g * o * max(k, ell)))
-        left = self.left.permute(1, 2, 0, 3, 4)  # [N, G, C, O, L]
-        total = self.left.new_zeros(g, o, k)
-        for a in range(0, n, step):
-            b = min(a + step, n)
-            lhs = left[a:b].reshape((b - a) * g, c * o, ell)
-            rhs = self.right[a:b].reshape((b - a) * g, k, ell).transpose(1, 2)
-            prod = torch.bmm(lhs, rhs).square_().reshape(b - a, g, c, o, k)
-            total += torch.einsum("cn,ngcok->gok", self.sign[:, a:b], prod)
+        direct = c * o * k * (ell + 1)
+        gram = (c * o + o * k + k) * ell * ell
+        if gram < direct and g * (o + k) * ell * ell <= _GRAM_LIMIT:
+            total = self._gram_square_sum()
+        else:
+            total = self._direct_square_sum()
         if self.transposed:
             total = total[0].T
         return total.reshape(self.shape)
+
+    def _direct_square_sum(self) -> torch.Tensor:
+        """Every column formed, a chunk of columns and samples at a time."""
+        c, n, g, o, ell = self.left.shape
+        k = self.right.shape[2]
+        one = g * o * max(k, ell)  # entries of one column (and sample)
+        cols = max(1, min(c, _PRODUCT_CHUNK // one))
+        step = max(1, _PRODUCT_CHUNK // (cols * one))
+        total = self.left.new_zeros(g, o, k)
+        for first in range(0, c, cols):
+            last = min(first + cols, c)
+            left = self.left[first:last].permute(1, 2, 0, 3, 4)  # [N, G, C, O, L]
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                lhs = left[a:b].reshape((b - a) * g, (last - first) * o, ell)
+                rhs = self.right[a:b].reshape((b - a) * g, k, ell).transpose(1, 2)
+                prod = torch.bmm(lhs, rhs).square_()
+                prod = prod.reshape(b - a, g, last - first, o, k)
+                sign = self.sign[first:last, a:b]
+                total += torch.einsum("cn,ngcok->gok", sign, prod)
+        return total
+
+    def _gram_square_sum(self) -> torch.Tensor:
+        """Through the signed Gram of ``left`` over the columns, per sample."""
+        c, n, g, o, ell = self.left.shape
+        k = self.right.shape[2]
+        step = max(1, _GRAM_LIMIT // (g * (o + k) * ell * ell))
+        total = self.left.new_zeros(g, o, k)
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            left = self.left[:, a:b]
+            signed = left * self.sign[:, a:b, None, None, None]
+            gram = torch.einsum("cngol,cngom->ngolm", signed, left)
+            right = self.right[a:b]
+            pairs = right.unsqueeze(-1) * right.unsqueeze(-2)  # [N, G, K, L, L]
+            total += torch.einsum("ngolm,ngklm->gok", gram, pairs)
+        return total
 
 
 class _Lazy(ColumnBlock):
@@ -343,17 +389,26 @@ class DiagonalColumns(_Lazy):
     """
 
     weights: torch.Tensor
+    # > 1: each column is centred on its row of this many consecutive entries
+    # (of a sample): the block is diag(weights) times the projection that
+    # takes out each row's mean, for weights constant along a row
+    row_length: int = 1
+
+    @property
+    def per_token(self) -> bool:
+        """Columns per token (``[B, L, K]`` weights, not centred on rows)?"""
+        return self.weights.dim() == 3 and self.row_length == 1
 
     @property
     def count(self) -> int:
         shape = self.weights.shape
-        if len(shape) == 3:
+        if self.per_token:
             return shape[2]
         return shape[1:].numel() if len(shape) >= 2 else shape.numel()
 
     @property
     def column_bytes(self) -> int:
-        tokens = self.weights.shape[1] if self.weights.dim() == 3 else 1
+        tokens = self.weights.shape[1] if self.per_token else 1
         return self.weights.numel() * self.weights.element_size() * tokens
 
     def take(
@@ -363,7 +418,7 @@ class DiagonalColumns(_Lazy):
         w = self.weights
         k = stop - start
         idx = torch.arange(k, device=w.device)
-        if w.dim() == 3:
+        if self.per_token:
             part = w[..., start:stop].movedim(2, 0)  # [k, B, L]
             data = w.new_zeros(k, *w.shape)
             data[idx, :, :, start + idx] = part.abs().sqrt()
@@ -372,7 +427,12 @@ class DiagonalColumns(_Lazy):
             n = w.shape[0]
             flat = w.reshape(n, -1)[:, start:stop]
             data = w.new_zeros(k, n, self.count)
-            data[idx, :, start + idx] = flat.abs().sqrt().T
+            root = flat.abs().sqrt().T
+            data[idx, :, start + idx] = root
+            if self.row_length > 1:  # minus the row's mean
+                length = self.row_length
+                rows = data.view(k, n, -1, length)
+                rows[idx, :, (start + idx) // length] -= (root / length)[..., None]
             return SampleColumns(
                 data.reshape(k, n, *w.shape[1:]), flat.sign().T.contiguous()
             )
@@ -425,6 +485,41 @@ class RowColumns(_Lazy):
         return DenseColumns(data, sign.reshape(-1))
 
 
+@dataclass
+class ChainedColumns(_Lazy):
+    """The columns of several blocks one after the other, as one source.
+
+    For a term that is a sum of differently structured parts (a diagonal
+    plus a few dense columns), each part in its own layout. A slice that
+    spans two parts is written out densely at a node of ``shape``.
+    """
+
+    parts: list[ColumnBlock]
+    shape: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.parts)
+
+    @property
+    def column_bytes(self) -> int:
+        return max(p.column_bytes for p in self.parts)
+
+    def take(self, start: int, stop: int) -> ColumnBlock:
+        pieces, offset = [], 0
+        for part in self.parts:
+            lo, hi = max(start, offset), min(stop, offset + part.count)
+            if lo < hi:
+                pieces.append(part.take(lo - offset, hi - offset).written_out())
+            offset += part.count
+        if len(pieces) == 1:
+            return pieces[0]
+        dense = [p.to_dense(self.shape) for p in pieces]
+        return DenseColumns(
+            torch.cat([d.data for d in dense]), torch.cat([d.sign for d in dense])
+        )
+
+
 Columns = (
     DenseColumns
     | SampleColumns
@@ -432,6 +527,7 @@ Columns = (
     | GroupColumns
     | OuterColumns
     | ProductColumns
+    | ChainedColumns
 )
 
 

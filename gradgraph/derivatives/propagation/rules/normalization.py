@@ -7,7 +7,8 @@ then ``y = w xhat + b`` with an optional affine ``w, b``:
 * LayerNorm: a row is the trailing ``normalized_shape`` of one position;
 * GroupNorm: a row is one group of channels (and all positions) of a sample;
 * BatchNorm, training: a row is one channel over the whole batch, so it
-  couples the samples and its columns are written out densely;
+  couples the samples and its columns are written out densely; its own term
+  is kept as a diagonal (per-sample columns) plus three columns per channel;
 * BatchNorm, eval: running statistics, an affine map per channel (no row).
 
 Per row, ``d xhat / dx = s P`` with ``P = I - 1 1^T / K - xhat xhat^T / K``
@@ -41,8 +42,10 @@ import torch
 
 from ..base import OpContext, Rule, cross_pair, diagonal_columns, row_columns
 from ..columns import (
+    ChainedColumns,
     Columns,
     DenseColumns,
+    DiagonalColumns,
     OuterColumns,
     RowColumns,
     SampleColumns,
@@ -227,6 +230,23 @@ class _Normalization(Rule):
 
     def _own_term(self, ctx) -> Columns:
         """``sum_j h_j d^2 xhat_j / dx^2`` as ``K + 2`` columns per row."""
+        rows, a, size, (pair, pair_sign) = self._curvature(ctx)
+        k = rows.k
+        # -a Q: the columns Q e_i (Q Q^T = Q), all mean-free like the rest
+        eye = torch.eye(k, dtype=pair.dtype, device=pair.device)
+        centred = (size * a.abs()).sqrt().unsqueeze(-1) * (eye - 1 / k)
+        factors = torch.cat([centred, pair], dim=2)  # [N, R, K + 2, K]
+        signs = torch.cat([(-a.sign()).expand(*a.shape[:2], k), pair_sign], -1)
+        if self._per_token(rows):
+            return row_columns(factors, signs, rows.shape, 2)
+        return RowColumns(factors, signs, rows.join, rows.per_sample)
+
+    def _curvature(self, ctx: OpContext):
+        """The op's own term per row, as ``-a s^2 / K`` times ``Q`` plus columns.
+
+        Returns rows, ``a`` (``[N, R, 1]``), ``s^2 / K`` and the two columns
+        along ``xhat`` and ``h~`` (``[N, R, 2, K]``, signs ``[N, R, 2]``).
+        """
         rows, xhat, s, weight = self._state(ctx)
         h = rows.split(ctx.grad.expand(rows.shape).unsqueeze(0))[0]
         if weight is not None:
@@ -234,12 +254,8 @@ class _Normalization(Rule):
         k = rows.k
         a = (h * xhat).sum(-1, keepdim=True)  # [N, R, 1]
         h_centred = h - h.mean(-1, keepdim=True)
-        # -a Q: the columns Q e_i (Q Q^T = Q), all mean-free like the rest
-        eye = torch.eye(k, dtype=xhat.dtype, device=xhat.device)
-        root = s * (a.abs() / k).sqrt()  # sqrt of |a| s^2 / K
-        centred = root.unsqueeze(-1) * (eye - 1 / k)  # [N, R, K, K]
-        # the rest on the unit vectors p, q along xhat, h~: the symmetric 2x2
-        # form [[3a/K |p|^2, -|p||q|], [-|p||q|, 0]] by its eigenvectors
+        # on the unit vectors p, q along xhat, h~: the symmetric 2x2 form
+        # [[3a/K |p|^2, -|p||q|], [-|p||q|, 0]] by its eigenvectors
         p_norm = xhat.norm(dim=-1, keepdim=True)
         q_norm = h_centred.norm(dim=-1, keepdim=True)
         tiny = torch.finfo(xhat.dtype).tiny
@@ -247,18 +263,14 @@ class _Normalization(Rule):
         q = h_centred / q_norm.clamp_min(tiny)
         alpha, beta = 3 * a / k * p_norm**2, -p_norm * q_norm
         spread = (alpha**2 / 4 + beta**2).sqrt()
-        pairs = []
+        factors, signs = [], []
         for lam in (alpha / 2 + spread, alpha / 2 - spread):
             length = (lam**2 + beta**2).sqrt().clamp_min(tiny)
             size = s * (lam.abs() / k).sqrt() / length
-            pairs.append((size * (lam * p + beta * q), lam.sign()))
-        factors = torch.cat(
-            [centred, pairs[0][0].unsqueeze(2), pairs[1][0].unsqueeze(2)], dim=2
-        )  # [N, R, K + 2, K]
-        signs = torch.cat([(-a.sign()).expand_as(xhat), pairs[0][1], pairs[1][1]], -1)
-        if self._per_token(rows):
-            return row_columns(factors, signs, rows.shape, 2)
-        return RowColumns(factors, signs, rows.join, rows.per_sample)
+            factors.append(size * (lam * p + beta * q))
+            signs.append(lam.sign())
+        pair = torch.stack(factors, dim=2), torch.cat(signs, dim=-1)
+        return rows, a, s**2 / k, pair
 
     def _per_token(self, rows: _Rows) -> bool:
         """Are the rows the tokens of a ``[B, L, K]`` value?"""
@@ -291,8 +303,9 @@ class BatchNorm(_Normalization):
     """NativeBatchNormBackward0 (``nn.BatchNorm1d/2d/3d``, ``F.batch_norm``).
 
     In training mode (batch statistics) a row is a channel over the batch, so
-    the columns are dense: exact, with memory that grows as the square of the
-    activation's size. In eval mode (running statistics) it is the per-channel
+    columns pulled back through it are dense (one per column and sample); its
+    own curvature is a per-sample diagonal plus three dense columns per
+    channel (:meth:`residual`). In eval mode (running statistics) it is the per-channel
     affine map ``w (x - running_mean) / sqrt(running_var + eps) + b``: linear
     in ``x``, columns stay per sample, no residual.
     """
@@ -317,9 +330,62 @@ class BatchNorm(_Normalization):
         ctx.memo["state"] = rows, xhat, scale, fn._saved_weight
         return ctx.memo["state"]
 
+    def _channels(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training mode: xhat as ``[N, C, L]``, ``s`` and ``w s`` as ``[C, 1]``."""
+        if "channels" not in ctx.memo:
+            fn = ctx.fn
+            x = fn._saved_input
+            n, c = x.shape[:2]
+            scale = fn._saved_result2.reshape(c, 1)
+            xhat = (x.reshape(n, c, -1) - fn._saved_result1.reshape(c, 1)) * scale
+            weight = fn._saved_weight
+            gain = scale if weight is None else scale * weight.reshape(c, 1)
+            ctx.memo["channels"] = xhat, scale, gain
+        return ctx.memo["channels"]
+
+    def _training_pullback(self, ctx, block, pos):
+        """``s w (v - mean(v) - xhat mean(v xhat))`` per channel, on the
+        columns as ``[C, N, channels, L]`` (no permutes); per-sample columns
+        come out dense, one per (column, sample): the means mix the samples."""
+        xhat, _, gain = self._channels(ctx)
+        n, c, length = xhat.shape
+        shape = tuple(ctx.out_shape)
+        if isinstance(block, OuterColumns):
+            block = block.to_dense(shape)
+        per_sample = isinstance(block, SampleColumns)
+        # sample-major, as every layout writes its columns out
+        sign = block.sign.T.reshape(-1) if per_sample else block.sign
+        v = block.data.reshape(block.data.shape[0], n, c, length)
+
+        def per_channel(t: torch.Tensor) -> torch.Tensor:
+            """Sums over a column's entries in each channel (last dim first:
+            contiguous reductions are the fast ones)."""
+            t = t.sum(-1, keepdim=True)
+            return t if per_sample else t.sum(1, keepdim=True)
+
+        def columns(t: torch.Tensor, *shape: int) -> DenseColumns:
+            """``[C, N (column), ...]`` per-sample columns, sample-major."""
+            t = t.movedim(1, 0) if per_sample else t
+            return DenseColumns(t.reshape(-1, *shape), sign)
+
+        if pos == 1:
+            return columns(per_channel(v * xhat), c)
+        if pos == 2:
+            return columns(per_channel(v), c)
+        total = n * length
+        mean = per_channel(v) / total
+        along = per_channel(v * xhat) / total
+        if per_sample:  # [C, N (column), N (sample), channels, L]
+            out = torch.addcmul(mean.unsqueeze(2), xhat, along.unsqueeze(2)).neg_()
+            out.diagonal(0, 1, 2).add_(v.permute(0, 2, 3, 1))  # own sample
+        else:
+            out = torch.addcmul(v - mean, xhat, along, value=-1)
+        out.mul_(gain)
+        return columns(out, *shape)
+
     def pullback(self, ctx, block, pos):
         if ctx.fn._saved_training:
-            return super().pullback(ctx, block, pos)
+            return self._training_pullback(ctx, block, pos)
         rows, xhat, scale, weight = self._state(ctx)
         if isinstance(block, OuterColumns):
             block = block.to_dense(rows.shape)
@@ -332,9 +398,30 @@ class BatchNorm(_Normalization):
         )
 
     def residual(self, ctx):
-        if ctx.fn._saved_training:
-            return super().residual(ctx)
-        return {}
+        """Training mode: ``-a s^2 / K Q`` (``Q`` centres a channel over the
+        batch) as the same multiple of ``Q_L``, which centres each sample's
+        part (``L`` entries), in per-sample columns like an activation's, plus
+        ``N`` dense columns for ``Q - Q_L`` (the samples' means centred), and
+        the two along ``xhat`` and ``h~``: ``N + 2`` dense columns per channel
+        instead of ``K + 2``, all mean-free as before."""
+        if not ctx.fn._saved_training or not ctx.flows(0):
+            return {}
+        rows, a, size, (pair, pair_sign) = self._curvature(ctx)
+        shape, channels = rows.shape, rows.r
+        n = shape[0]
+        length = rows.k // n
+        weight = -a * size  # [1, C, 1]
+        # Q - Q_L: columns (e_n - 1/N) (x) 1_L / sqrt(L), one per sample n
+        centring = torch.eye(n, dtype=a.dtype, device=a.device) - 1 / n
+        centring = centring.repeat_interleave(length, dim=1)  # [N, K]
+        means = (weight.abs() / length).sqrt().unsqueeze(-1) * centring
+        factors = torch.cat([means, pair], dim=2)
+        signs = torch.cat([weight.sign().expand(1, channels, n), pair_sign], dim=-1)
+        parts = [RowColumns(factors, signs, rows.join, False)]
+        if length > 1:  # Q_L: zero for one entry per sample and channel
+            diagonal = weight.reshape(1, channels, *[1] * (len(shape) - 2))
+            parts.insert(0, DiagonalColumns(diagonal.expand(shape), length))
+        return {0: ChainedColumns(parts, shape)}
 
 
 register(LayerNorm(), "NativeLayerNormBackward0")

@@ -12,8 +12,9 @@ pullbacks run on all columns at once:
 * convolution to its weight: per column and sample, the weight gradient
   ``sum_l v[o, l] x_unfolded[k, l]`` (a batched product over the unfolded
   input), so per-sample columns give per-sample weight columns, exactly;
-  these stay lazy (:class:`.ProductColumns`) and are squared a chunk of
-  samples at a time at the parameter;
+  these, and dense columns' (samples and positions as one axis), stay lazy
+  (:class:`.ProductColumns`) and are squared at the parameter a chunk at a
+  time, or through a Gram matrix over the columns where that is cheaper;
 * max pooling: a scatter of each column to the saved argmax indices;
 * average pooling and upsampling (bilinear, nearest): torch's own backward
   with the columns as the batch.
@@ -214,8 +215,10 @@ class Convolution(Rule):
         v = block.data.reshape(c, n, groups, -1, positions)
         if isinstance(block, SampleColumns):  # squared and summed lazily
             return ProductColumns(v, unfolded, block.sign, weight_shape)
-        data = torch.einsum("cngol,ngkl->cgok", v, unfolded)
-        return DenseColumns(data.reshape(c, *weight_shape), block.sign)
+        # a dense column sums over the samples: the samples join the positions
+        v = v.permute(0, 2, 3, 1, 4).reshape(c, 1, groups, -1, n * positions)
+        both = unfolded.permute(1, 2, 0, 3).reshape(1, groups, -1, n * positions)
+        return ProductColumns(v, both, block.sign.reshape(c, 1), weight_shape)
 
 
 class MaxPool(Rule):
