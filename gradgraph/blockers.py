@@ -4,7 +4,8 @@ A Hessian-vector product differentiates every node's backward once more.
 Some backwards have no derivative in torch: the fused attention kernels
 (``scaled_dot_product_attention`` picks a flash kernel on CPU), a few ops
 (``ctc_loss``, ``cdist``, ``pdist``, cuDNN RNNs) and custom Functions whose
-backward is marked ``@once_differentiable``. Torch only says so deep inside the
+backward is marked ``@once_differentiable``; one has a derivative that is
+wrong (the fused weight norm's). Torch only says so deep inside the
 second backward (``derivative for aten::..._backward is not implemented``), or,
 for a once-differentiable Function that sees a constant gradient, not at all:
 the Hessian then silently misses that Function's curvature.
@@ -66,6 +67,15 @@ _NO_DOUBLE_BACKWARD = {  # checked on torch 2.13: their backward has no derivati
     "PdistBackward0": "pdist",
     "CudnnRnnBackward0": "the cuDNN RNN kernel",
     "MiopenRnnBackward0": "the MIOpen RNN kernel",
+}
+_WRONG_DOUBLE_BACKWARD = {  # checked on torch 2.13: a derivative, but a wrong one
+    "WeightNormInterfaceBackward0": (
+        "torch's double backward of the fused weight norm (torch._weight_norm, "
+        "nn.utils.parametrizations.weight_norm) is wrong: its Hessian is not "
+        "even symmetric",
+        "write the weight norm out (g * v / v.norm(dim=..., keepdim=True)), or "
+        "use gradgraph.hessian_diagonal, which propagates through it exactly",
+    ),
 }
 _DEAD_ENDS = {  # nodes a create_graph backward leaves where a formula is missing
     "NotImplemented": "a node whose derivative torch does not implement",
@@ -131,6 +141,8 @@ def _reason(fn: Any) -> tuple[str, str] | None:
             "compute it with differentiable ops, or use a first-order quantity "
             "such as gradgraph.ggn_diagonal",
         )
+    if op in _WRONG_DOUBLE_BACKWARD:
+        return _WRONG_DOUBLE_BACKWARD[op]
     if op in _DEAD_ENDS:
         return (
             f"{_DEAD_ENDS[op]} (this graph is already a gradient graph)",

@@ -123,6 +123,39 @@ def test_ops_without_double_backward_are_listed_and_torch_agrees():
     assert second_order_blockers(torch.tanh(x).sum()) == []
 
 
+def test_the_fused_weight_norm_is_a_blocker_and_its_double_backward_is_wrong():
+    """torch 2.13's Hessian through ``_weight_norm`` is not symmetric (so not a
+    Hessian): HVP methods refuse it; the propagated diagonal equals the weight
+    norm written out."""
+    torch.manual_seed(0)
+    v = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([[-0.9], [1.1], [-1.7]], dtype=torch.float64)
+    weights = torch.randn(3, 4, dtype=torch.float64)
+
+    def fused(v):
+        return (weights * torch._weight_norm(v, g, 0)).sum()
+
+    def written_out(v):
+        return (weights * g * v / v.norm(dim=1, keepdim=True)).sum()
+
+    wrong = torch.autograd.functional.hessian(fused, v).reshape(12, 12)
+    right = torch.autograd.functional.hessian(written_out, v).reshape(12, 12)
+    # torch's bug; once a torch fixes it, the blocker should go
+    assert not torch.allclose(wrong, wrong.T)
+    loss = torch.tanh(fused(v))
+    assert [b.op for b in second_order_blockers(loss)] == [
+        "WeightNormInterfaceBackward0"
+    ]
+    with pytest.raises(SecondOrderError, match="weight norm"):
+        gradgraph.hvp(loss, v, torch.ones_like(v))
+    exact = torch.autograd.functional.hessian(
+        lambda v: torch.tanh(written_out(v)), v
+    ).reshape(12, 12)
+    got = gradgraph.hessian_diagonal(torch.tanh(fused(v)), v)
+    torch.testing.assert_close(got.reshape(-1), exact.diagonal())
+    assert not torch.allclose(wrong, right)
+
+
 @pytest.mark.parametrize(
     "call",
     [
