@@ -102,11 +102,14 @@ class ByOwnBackward(Rule):
     def _first(self, ctx: OpContext, lead: int) -> bool:
         """Do all inputs keep their first ``lead`` dims, untouched by the op?"""
         shapes = [s for s in ctx.in_shapes if s is not None]
-        return len(ctx.out_shape) >= lead and all(
-            len(s) >= lead  # select / stack change the rank past ``lead``
-            and tuple(s[:lead]) == tuple(ctx.out_shape[:lead])
-            and self.first_dim(ctx.fn, s, ctx.out_shape) >= lead
-            for s in shapes
+        return (
+            len(ctx.out_shape) >= lead
+            and all(
+                len(s) >= lead  # select / stack change the rank past ``lead``
+                and tuple(s[:lead]) == tuple(ctx.out_shape[:lead])
+                and self.first_dim(ctx.fn, s, ctx.out_shape) >= lead
+                for s in shapes
+            )
         )
 
     def _renumbers_tokens(self, ctx: OpContext) -> bool:
