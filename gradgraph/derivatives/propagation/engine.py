@@ -447,7 +447,7 @@ class _Drain:
                 del block
 
 
-def _run(plan: _Plan, ggn: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.Tensor]:
+def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
     reach = plan.reach
     missing = plan.missing_rules()
     if missing:
