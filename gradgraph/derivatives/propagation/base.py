@@ -46,6 +46,7 @@ from .columns import (
 )
 
 __all__ = [
+    "Fold",
     "Identity",
     "OpContext",
     "Rule",
@@ -265,6 +266,24 @@ def row_columns(
 # -- the rule interface ----------------------------------------------------------
 
 
+@dataclass
+class Fold:
+    """What :meth:`Rule.fold` makes of the columns that end at a node.
+
+    ``columns`` (input -> block): one new source's columns, to be carried on;
+    ``partners`` ((input, block) pairs): that source's partners
+    (:class:`~.columns.Paired`), pulled back to the parameters and paired
+    there with its columns; ``rest`` (input -> block): a second new source,
+    the part of the old columns that stays on the other inputs.
+    ``with_residual``: the node's own second-order term is in them too.
+    """
+
+    columns: dict[int, Columns]
+    partners: list[tuple[int, Columns]]
+    rest: dict[int, Columns]
+    with_residual: bool
+
+
 class Rule:
     """Base rule: a linear op with no residual; pullback by generic VJPs."""
 
@@ -309,6 +328,14 @@ class Rule:
 
     def residual(self, ctx: OpContext) -> dict[int, Columns]:
         return {}
+
+    def fold(
+        self, ctx: OpContext, blocks: list[Columns], with_residual: bool
+    ) -> Fold | None:
+        """The columns of sources that end here (``blocks``: none of their
+        columns are elsewhere), and the residual when ``with_residual``, in
+        fewer columns (see :class:`Fold`); None: pull them back one by one."""
+        return None
 
     def mixes_samples(self, fn: Any) -> bool:
         """Does the node write columns out densely, one per (column, sample)?

@@ -651,13 +651,19 @@ def compressed(block: Columns, work: float = math.inf) -> Columns:
     entries = data[(0,) * (1 + lead)].numel()
     if block.count < COMPRESS_RATIO * entries or entries > COMPRESS_MAX_ENTRIES:
         return block
-    if (block.count - entries) * work < COMPRESS_COST * entries**3:
-        return block
-    where = data.shape[1 : 1 + lead]
     vectors = data.reshape(block.count, -1, entries).transpose(0, 1)  # [P, C, D]
     signs = block.sign.reshape(block.count, -1).T.unsqueeze(-1)  # [P, C, 1]
-    gram = vectors.transpose(1, 2) @ (signs * vectors)  # [P, D, D]
-    values, bases = torch.linalg.eigh(gram)
+    # one entry per column (elementwise ops' own curvature): the sum is diagonal
+    if (vectors != 0).sum(-1).max() <= 1:
+        values = (signs * vectors.square()).sum(1)  # [P, D]
+        bases = torch.eye(entries, dtype=data.dtype, device=data.device)
+        bases = bases.expand(*values.shape, entries)
+    elif (block.count - entries) * work < COMPRESS_COST * entries**3:
+        return block
+    else:
+        gram = vectors.transpose(1, 2) @ (signs * vectors)  # [P, D, D]
+        values, bases = torch.linalg.eigh(gram)
+    where = data.shape[1 : 1 + lead]
     columns = bases * values.abs().sqrt().unsqueeze(1)  # [P, D, D(cols)]
     data = columns.permute(2, 0, 1).reshape(entries, *where, *data.shape[1 + lead :])
     sign = values.sign().T.reshape(entries, *where)
@@ -696,6 +702,54 @@ def _outer_diagonal(parts: list[OuterColumns]) -> torch.Tensor:
                 term = torch.einsum("cna,cnb->ab", _signed(sign, lprod), rprod)
             total = term * (1 if m == k else 2) + (0 if total is None else total)
     return total
+
+
+@dataclass
+class Paired:
+    """Columns that pair with their source's own columns at the parameters.
+
+    A source whose Hessian term has a cross block between two inputs of a
+    node can carry only one side as columns and the other as partners
+    ``u_c`` (see ``MatMul.fold``): where the source's columns ``v_c`` reach a
+    parameter, the diagonal gains ``sum_c s_c v_c * u_c`` (:func:`paired_diagonal`)
+    instead of a square. Partners travel the graph as columns do (pulled back
+    through the same linear maps), in the same column order, and are never
+    added to the columns themselves nor squared.
+    """
+
+    block: Columns
+
+
+def paired_diagonal(
+    parts: list[ColumnBlock], partners: list[ColumnBlock], shape: tuple[int, ...]
+) -> torch.Tensor:
+    """``sum_c s_c v_c * u_c``: the source's columns ``v`` (the sum of ``parts``)
+    times each partner block's columns ``u`` (with the partners' signs ``s``).
+
+    Example:
+        >>> v = DenseColumns(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.ones(2))
+        >>> u = DenseColumns(torch.eye(2), torch.full((2,), 2.0))
+        >>> paired_diagonal([v], [u], (2,))
+        tensor([2., 8.])
+    """
+    own = combine(parts, shape).to_dense(shape)
+    total = torch.zeros(shape, dtype=own.data.dtype, device=own.data.device)
+    for partner in partners:
+        if isinstance(partner, OuterColumns) and len(shape) == 2:
+            left, right = (_sample_major(t, partner.sign) for t in partner.oriented())
+            signed = left * partner.sign.T.reshape(-1, 1)
+            total += torch.einsum("ka,kab->ab", signed, own.data * right.unsqueeze(1))
+            continue
+        dense = partner.to_dense(shape)
+        total += _signed_sum(dense.sign, own.data * dense.data)
+    return total
+
+
+def _sample_major(factor: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """An outer product's factor ``[C or 1, N, k]`` as ``[N * C, k]``, in the
+    order its columns are written out."""
+    c, n = sign.shape
+    return factor.expand(c, n, -1).transpose(0, 1).reshape(n * c, -1)
 
 
 def leaf_diagonal(parts: list[ColumnBlock], shape: tuple[int, ...]) -> torch.Tensor:

@@ -48,7 +48,15 @@ from .base import (
     input_dtype,
     pull,
 )
-from .columns import Columns, combine, compressed, concatenate, leaf_diagonal
+from .columns import (
+    Columns,
+    Paired,
+    combine,
+    compressed,
+    concatenate,
+    leaf_diagonal,
+    paired_diagonal,
+)
 from .registry import rule_for
 
 __all__ = [
@@ -381,9 +389,17 @@ class _Drain:
         self.chunk_bytes = chunk_bytes
         self.orders: dict[frozenset[int], list[int]] = {}
 
-    def to_leaf(self, node: int, parts: list[Columns]) -> None:
+    def to_leaf(self, node: int, parts: list[Columns | Paired]) -> None:
+        """Square the source's columns here, and pair them with its partners."""
+        own = [p for p in parts if not isinstance(p, Paired)]
+        if not own:  # partners alone: the columns they pair with go elsewhere
+            return
         first, *others = self.plan.positions[node]
-        share = leaf_diagonal(parts, tuple(self.diagonal[first].shape))
+        shape = tuple(self.diagonal[first].shape)
+        share = leaf_diagonal(own, shape)
+        partners = [p.block for p in parts if isinstance(p, Paired)]
+        if partners:
+            share = share + paired_diagonal(own, partners, shape)
         for k in (first, *others):
             self.diagonal[k] += share
 
@@ -485,9 +501,33 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
             continue
         ctx, children = contexts[node]
         rule = rule_for(ctx.op)
-        blocks = {s: combine(parts, ctx.out_shape) for s, parts in sources.items()}
+        blocks: dict[int, Columns] = {}
+        partners: dict[int, list[Columns]] = {}
+        for s, parts in sources.items():
+            own = [p for p in parts if not isinstance(p, Paired)]
+            if own:
+                blocks[s] = combine(own, ctx.out_shape)
+            partners[s] = [p.block for p in parts if isinstance(p, Paired)]
         del sources
-        local = [s for s in blocks if not meets_again(s, node)]
+        local = [s for s in blocks if not partners[s] and not meets_again(s, node)]
+        with_residual = not ggn or rule.loss
+        fold = rule.fold(ctx, [blocks[s] for s in local], with_residual)
+        if fold is not None:  # the local sources (and the residual) in fewer columns
+            for s in local:
+                del blocks[s]
+            local = []
+            columns, rest = next_source, next_source + 1
+            next_source += 2
+            for pos, block in fold.columns.items():
+                deliver(
+                    children[pos], columns, _arrive(plan, contexts, node, pos, block)
+                )
+            for pos, block in fold.partners:
+                paired = Paired(_arrive(plan, contexts, node, pos, block))
+                deliver(children[pos], columns, paired)
+            for pos, block in fold.rest.items():
+                deliver(children[pos], rest, _arrive(plan, contexts, node, pos, block))
+            with_residual = with_residual and not fold.with_residual
         work = plan.work_after[node]  # what a column costs from here
         for s in local:  # on their own: fewer columns, or in slices if large
             blocks[s] = compressed(blocks[s], work)
@@ -508,7 +548,16 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
                     pulled = pull(rule, ctx, block, pos)
                     deliver(child, source, _arrive(plan, contexts, node, pos, pulled))
             del block
-        if not ggn or rule.loss:
+        for source, blocks_paired in partners.items():  # pulled, never squared
+            ctx.whole = False
+            for block in blocks_paired:
+                block = rule.accept(ctx, block)
+                for pos, child in enumerate(children):
+                    if child is not None:
+                        pulled = pull(rule, ctx, block, pos)
+                        arrived = _arrive(plan, contexts, node, pos, pulled)
+                        deliver(child, source, Paired(arrived))
+        if with_residual:
             start: dict[int, list] = {}
             for pos, block in rule.residual(ctx).items():
                 if (node, pos) in plan.ports or (node, pos) in plan.casts:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Rule, cross_pair, scale, unbroadcast
+from ..base import Fold, Rule, cross_pair, scale, unbroadcast
 from ..columns import (
     DenseColumns,
     GroupColumns,
@@ -82,6 +82,68 @@ class MatMul(Rule):
         b = OuterColumns(eye.unsqueeze(1), g.unsqueeze(0), sign)
         a2, b2 = cross_pair(a, b)
         return {i: a2, j: b2}
+
+    def fold(self, ctx, blocks, with_residual):
+        """A weight that also reaches ``mat1`` (an LM head tied to the embedding).
+
+        Both the columns that end here and the residual have a part at
+        ``mat1`` and a cross term with ``mat2``, so neither could be
+        compressed: they meet themselves again at the weight. Per row of
+        ``mat1`` (``D`` wide) their ``mat1`` parts span at most ``D``
+        dimensions; with ``Q`` the eigenvectors of their signed Gram ``G``
+        (``Q Q^T = I``), the curvature is exact as
+
+        * ``D`` columns per row: ``Q`` with signs ``eig(G)``;
+        * their partners at ``mat2`` (``columns.Paired``): ``2 Q^T Y S B^T``
+          for the columns (``Y`` at ``mat1``, ``B`` at ``mat2``, signs ``S``),
+          and ``2 alpha Q^T (x) g`` for the residual;
+        * the columns' parts at ``mat2`` and the bias, as a source of their own.
+
+        Per-row columns only (a language model's head); None otherwise.
+        """
+        i, j = self.offset, self.offset + 1
+        if not (ctx.flows(i) and ctx.flows(j) and ctx.coupled(i, j)):
+            return None
+        if self.offset and ctx.flows(0) and ctx.coupled(0, i):
+            return None
+        if len(ctx.in_shapes[i]) != 2:  # bmm (a subclass): not folded
+            return None
+        rows, width = ctx.in_shapes[i]
+        if not all(type(b) is SampleColumns and b.samples == rows for b in blocks):
+            return None
+        mat1, mat2, alpha = self._mats(ctx)
+        if mat1.dtype not in (torch.float32, torch.float64):  # eigh's dtypes
+            return None
+        count = sum(b.count for b in blocks) + (2 * width if with_residual else 0)
+        if count <= width:
+            return None
+        ones = mat1.new_ones(width, rows)
+        if blocks:
+            block = SampleColumns(
+                torch.cat([b.data for b in blocks]), torch.cat([b.sign for b in blocks])
+            )
+            at_mat1 = block.data @ (mat2.T * alpha)  # Y: [C, rows, D]
+            gram = torch.einsum("crd,cr,cre->rde", at_mat1, block.sign, at_mat1)
+            values, bases = torch.linalg.eigh(gram)  # [rows, D], [rows, D, D]
+            along = torch.einsum("crd,rde->cre", at_mat1, bases)  # Y Q
+            right = 2 * torch.einsum("cr,cre,crv->erv", block.sign, along, block.data)
+            partners = [(j, OuterColumns((mat1 * alpha).unsqueeze(0), right, ones))]
+            rest = {
+                pos: self.pullback(ctx, block, pos)
+                for pos in range(j + 1)
+                if pos != i and ctx.flows(pos)
+            }
+        else:
+            values = mat1.new_zeros(rows, width)
+            bases = torch.eye(width, dtype=mat1.dtype, device=mat1.device)
+            bases = bases.expand(rows, width, width)
+            partners, rest = [], {}
+        basis = bases.permute(2, 0, 1)  # column e of row r: bases[r, :, e]
+        if with_residual:
+            g = (2 * alpha) * ctx.grad
+            partners.append((j, OuterColumns(basis, g.unsqueeze(0), ones)))
+        columns = SampleColumns(basis.contiguous(), values.T.contiguous())
+        return Fold({i: columns}, partners, rest, with_residual)
 
 
 class VectorProduct(Rule):

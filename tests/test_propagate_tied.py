@@ -1,0 +1,129 @@
+"""A head that shares the embedding's weight: its columns fold (``MatMul.fold``).
+
+The loss's columns and the head's own cross term both meet themselves again
+at the shared weight, so they cannot be compressed as they are. The fold
+carries one column per entry of the head's input row (the eigenvectors of
+their signed Gram) and pairs them with partners at the weight
+(``columns.Paired``). Each case is checked against the dense float64 Hessian
+(or the Gauss-Newton matrix) and asserts that the fold ran: Linear heads with
+and without bias, ``addmm`` with ``alpha`` and ``beta``, a vocabulary smaller
+than the width (a rank-deficient Gram, with zero eigenvalues whose columns
+still carry partners), columns of both signs (a tanh after the head), and
+a head whose incoming columns also run elsewhere (only the residual folds).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, jacrev
+
+from gradgraph.derivatives.propagation import ggn_diagonal, registry
+
+from .model_reference import assert_propagates_exactly, flat
+from .reference import flat_params, unflatten
+
+LENGTH = 3
+
+
+class TiedLM(nn.Module):
+    """Embedding, a tanh layer, and a head that reuses the embedding's weight."""
+
+    def __init__(self, vocab: int, width: int, head: str):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, width)
+        self.mix = nn.Linear(width, width)
+        if head in ("linear", "addmm"):
+            self.bias = nn.Parameter(torch.randn(vocab) / 4)
+        if head == "branch":
+            self.side = nn.Linear(width, vocab)
+        self.head = head
+
+    def forward(self, ids):
+        h = torch.tanh(self.mix(self.wte(ids))).reshape(-1, self.wte.embedding_dim)
+        w = self.wte.weight
+        if self.head == "mm":
+            logits = h @ w.T
+        elif self.head == "linear":
+            logits = F.linear(h, w, self.bias)
+        elif self.head == "addmm":
+            logits = torch.addmm(self.bias, h, w.T, beta=2.0, alpha=0.5)
+        elif self.head == "squash":  # tanh's curvature: columns of both signs
+            logits = 3 * torch.tanh(h @ w.T)
+        else:  # "branch": the head's columns also run through a side path
+            logits = torch.tanh(h @ w.T + self.side(h))
+        return logits.view(*ids.shape, -1)
+
+
+def _ids(vocab: int) -> torch.Tensor:
+    return torch.tensor([[0, vocab - 1, 1], [2, 2, vocab - 1]]) % vocab
+
+
+def _loss_for(vocab: int):
+    ids = _ids(vocab)
+
+    def loss(logits):
+        return F.cross_entropy(
+            logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1)
+        )
+
+    return loss
+
+
+def _model(vocab: int, width: int, head: str) -> TiedLM:
+    torch.manual_seed(0)
+    return TiedLM(vocab, width, head).double()
+
+
+@pytest.fixture
+def folds(monkeypatch):
+    """The number of columns blocks each fold took (one entry per fold)."""
+    taken: list[int] = []
+    rule = registry.rule_for("MmBackward0")
+    fold = type(rule).fold
+
+    def spy(self, ctx, blocks, with_residual):
+        out = fold(self, ctx, blocks, with_residual)
+        if out is not None:
+            taken.append(len(blocks))
+        return out
+
+    monkeypatch.setattr(type(rule), "fold", spy)
+    return taken
+
+
+@pytest.mark.parametrize("head", ["mm", "linear", "addmm", "squash"])
+@pytest.mark.parametrize("vocab, width", [(7, 4), (3, 5)])
+def test_a_tied_head_folds_and_the_diagonal_is_exact(folds, head, vocab, width):
+    model = _model(vocab, width, head)
+    assert_propagates_exactly(model, _loss_for(vocab), _ids(vocab))
+    assert folds and all(n >= 1 for n in folds)  # the columns ending there folded
+
+
+def test_columns_that_also_run_elsewhere_leave_only_the_residual_to_fold(folds):
+    model = _model(6, 4, "branch")
+    assert_propagates_exactly(model, _loss_for(6), _ids(6))
+    assert 0 in folds  # the tanh's columns are not local at the head
+
+
+@pytest.mark.parametrize("head", ["mm", "linear"])
+def test_the_gauss_newton_diagonal_of_a_tied_head(folds, head):
+    vocab, width = 7, 4
+    model = _model(vocab, width, head)
+    ids, loss_of = _ids(vocab), _loss_for(vocab)
+    names, shapes, theta = flat_params(model)
+
+    def outputs(t):
+        return functional_call(model, unflatten(t, names, shapes), (ids,))
+
+    jac = jacrev(outputs)(theta).reshape(-1, theta.numel())
+    out = outputs(theta).detach()
+    loss_hessian = torch.autograd.functional.hessian(
+        lambda o: loss_of(o.view_as(out)), out.reshape(-1)
+    )
+    expected = (jac.T @ loss_hessian @ jac).diagonal()
+    got = ggn_diagonal(loss_of(model(ids)), model)
+    torch.testing.assert_close(flat(got), expected, rtol=1e-10, atol=1e-12)
+    assert folds  # the loss's columns fold without the residual too
