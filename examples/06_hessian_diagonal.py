@@ -52,8 +52,13 @@ blocks = gradgraph.hessian_blocks(loss, model, progress=False)
 diag = gradgraph.hessian_diagonal(loss, model, method="exact", progress=False)
 for name, block in blocks.items():
     numel = block.shape[0]
-    torch.testing.assert_close(block, blocks_notebook[name].view(numel, numel))
-    torch.testing.assert_close(diag[name].reshape(-1), block.diagonal())
+    # float32 numbers by different routes (batched and looped double backward,
+    # propagation) agree to float32 rounding of a second derivative
+    float32 = {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(
+        block, blocks_notebook[name].view(numel, numel), **float32
+    )
+    torch.testing.assert_close(diag[name].reshape(-1), block.diagonal(), **float32)
 
 # The dense float64 reference: its diagonal and its eigenvalues.
 x, y = training_data()

@@ -17,6 +17,12 @@ curvature, one column per activation, as a rule) go on to the parameters
 on their own, in slices of about ``CHUNK_BYTES``, before the sweep moves on:
 the peak memory is a few slices, not all the columns at once.
 
+A rule may fold the columns that end at its node into fewer
+(:meth:`~.base.Rule.fold`): a language model's head that shares the
+embedding's weight carries one column per entry of its input row, and their
+cross term with the weight travels as partners (:class:`~.columns.Paired`)
+that are paired with the columns where both reach the weight, never squared.
+
 The cost is about that of a few backward passes per column block, with no
 loop over parameters; see ``benchmarks/bench_diagonal.py``.
 
