@@ -16,12 +16,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gradgraph.derivatives.propagation import engine
+from gradgraph.derivatives.propagation.base import OpContext
 from gradgraph.derivatives.propagation.columns import (
     DenseColumns,
     IndexedRowColumns,
     OuterColumns,
+    SampleColumns,
     leaf_diagonal,
 )
+from gradgraph.derivatives.propagation.registry import rule_for
 
 from .model_reference import assert_propagates_exactly
 
@@ -161,3 +164,19 @@ def test_models_with_embeddings_match_the_dense_hessian(options, monkeypatch):
     model = TwoTables(**options).double()
     assert_propagates_exactly(model, _loss, IDS, op="EmbeddingBackward0")
     assert IndexedRowColumns in seen
+
+
+def test_the_rule_keeps_rows_unless_a_sample_has_more_positions_than_rows():
+    w = torch.randn(VOCAB, WIDTH, dtype=torch.float64, requires_grad=True)
+    out = F.embedding(ROWS, w)  # 3 samples of 3 positions; 9 in all > VOCAB
+    ctx = OpContext(out.grad_fn, out, tuple(out.shape), [(VOCAB, WIDTH)], None, {})
+    data = torch.randn(2, *out.shape, dtype=torch.float64)
+    rule = rule_for("EmbeddingBackward0")
+    per_sample = rule.pullback(ctx, SampleColumns(data, _signs(2, 3)), 0)
+    assert isinstance(per_sample, IndexedRowColumns)
+    dense = rule.pullback(ctx, DenseColumns(data, _signs(2)), 0)
+    assert isinstance(dense, DenseColumns)
+    expected = torch.stack(
+        [torch.autograd.grad(out, w, d, retain_graph=True)[0] for d in data]
+    )
+    torch.testing.assert_close(dense.data, expected)

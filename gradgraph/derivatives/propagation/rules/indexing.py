@@ -6,7 +6,8 @@ linear in the inputs a gradient flows through, so they have no second-order
 term, and their pullback is their own backward: :class:`ByOwnBackward` runs
 the node's backward on a whole batch of columns at once (``torch.func.vmap``
 over the grad_fn). Per-sample columns stay per-sample when the op keeps the
-batch dim (dim 0) apart; else they are written out.
+batch dim (dim 0) apart; else they are written out. An embedding's weight
+gets its columns on the rows the ids pick (:class:`Embedding`).
 
 Ops with several outputs that tile their input (``split``, ``chunk``,
 ``unbind``) are handled by :class:`Tiling`: the columns a consumer sends
@@ -226,7 +227,8 @@ class Embedding(ByOwnBackward):
     A column at the output (``[*ids.shape, D]``) pulls back to the rows its
     ids name, so the weight gets :class:`~.columns.IndexedRowColumns`, per
     sample (per token: one position each) as the columns arrive, never
-    ``V`` rows wide. Positions at ``padding_idx`` give nothing, as in torch's
+    ``V`` rows wide (unless a sample has more positions than ``V``).
+    Positions at ``padding_idx`` give nothing, as in torch's
     backward; ``scale_grad_by_freq`` (counts over the whole batch) goes
     through the node's own backward.
     """
@@ -243,7 +245,10 @@ class Embedding(ByOwnBackward):
         pad = fn._saved_padding_idx  # none: -1, saved as 2**64 - 1
         if pad < 1 << 63 and bool((rows == pad).any()):
             data = data * (rows != pad)[..., None]
-        return IndexedRowColumns(data, rows, sign, ctx.in_shapes[pos])
+        block = IndexedRowColumns(data, rows, sign, ctx.in_shapes[pos])
+        # more positions than rows (dense columns over a large batch): smaller
+        # written out
+        return block.written_out() if rows.shape[1] > block.shape[0] else block
 
 
 def _by_sample(block: Columns, ids: torch.Tensor, out_shape: tuple) -> tuple:
