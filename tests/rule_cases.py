@@ -388,7 +388,8 @@ CASES: dict[str, Case | list[Case]] = {
         case(lambda w: F.embedding(torch.tensor([1, 0, 1]), w, padding_idx=1), (2, 3)),
         # a padding row in a batch, rows repeated within and across samples
         case(lambda w: F.embedding(EMBED_IDS, w, padding_idx=2), (4, 3)),
-        case(lambda w: F.embedding(EMBED_IDS.view(2, 2, 2), w), (4, 3)),  # 2 per token
+        # two ids per token, as int32
+        case(lambda w: F.embedding(EMBED_IDS.view(2, 2, 2).int(), w), (4, 3)),
         case(lambda w: F.embedding(EMBED_IDS, w, scale_grad_by_freq=True), (4, 3)),
     ],
     "EmbeddingBagBackward0": [

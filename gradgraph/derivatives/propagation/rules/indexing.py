@@ -241,7 +241,8 @@ class Embedding(ByOwnBackward):
             if isinstance(block, GroupColumns):
                 block = block.to_dense(ctx.out_shape)
             return super().pullback(ctx, block, pos)
-        data, rows, sign = _by_sample(block, fn._saved_indices, ctx.out_shape)
+        ids = fn._saved_indices.long()  # int32 ids too
+        data, rows, sign = _by_sample(block, ids, ctx.out_shape)
         pad = fn._saved_padding_idx  # none: -1, saved as 2**64 - 1
         if pad < 1 << 63 and bool((rows == pad).any()):
             data = data * (rows != pad)[..., None]
