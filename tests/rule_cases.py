@@ -72,6 +72,7 @@ TARGET = _random(3, 4)
 
 
 MASK = _random(3, 4) > 0
+EMBED_IDS = torch.tensor([[2, 0, 0, 3], [3, 2, 1, 1]])
 # from their own generator, so the inputs drawn after them stay as they were
 _BCE = torch.Generator().manual_seed(1)
 BCE_WEIGHT = 0.5 + torch.rand(4, generator=_BCE, dtype=torch.float64)
@@ -385,6 +386,11 @@ CASES: dict[str, Case | list[Case]] = {
     "EmbeddingBackward0": [
         case(lambda w: F.embedding(torch.tensor([[1, 0, 1], [3, 3, 0]]), w), (4, 3)),
         case(lambda w: F.embedding(torch.tensor([1, 0, 1]), w, padding_idx=1), (2, 3)),
+        # a padding row in a batch, rows repeated within and across samples
+        case(lambda w: F.embedding(EMBED_IDS, w, padding_idx=2), (4, 3)),
+        # two ids per token, as int32
+        case(lambda w: F.embedding(EMBED_IDS.view(2, 2, 2).int(), w), (4, 3)),
+        case(lambda w: F.embedding(EMBED_IDS, w, scale_grad_by_freq=True), (4, 3)),
     ],
     "EmbeddingBagBackward0": [
         case(

@@ -369,6 +369,108 @@ class ProductColumns(ColumnBlock):
         return total
 
 
+@dataclass
+class IndexedRowColumns(ColumnBlock):
+    """Columns on a few rows of a ``[V, D]`` table, as an embedding's weight gets.
+
+    Column ``(c, n)`` is ``sum_p e_{rows[n, p]} (x) data[c, n, p]``: each
+    position ``p`` of sample ``n`` adds its ``[D]`` vector to row
+    ``rows[n, p]`` (rows may repeat). ``data`` ``[C, N, P, D]``, ``rows``
+    ``[N, P]``, ``sign`` ``[C, N]``, ``shape`` ``(V, D)``. Squared at the
+    parameter touched row by touched row (:meth:`square_sum`); written out
+    only when an op takes the weight further (:meth:`written_out`).
+
+    Example:
+        >>> cols = IndexedRowColumns(torch.ones(1, 1, 2, 1), torch.tensor([[1, 1]]),
+        ...                          torch.ones(1, 1), (3, 1))
+        >>> cols.square_sum((3, 1)).flatten()  # the repeated row adds up first
+        tensor([0., 4., 0.])
+    """
+
+    data: torch.Tensor
+    rows: torch.Tensor
+    sign: torch.Tensor
+    shape: tuple[int, ...]
+
+    @property
+    def column_bytes(self) -> int:  # written out: N columns per slice
+        return self.sign.shape[1] * math.prod(self.shape) * self.data.element_size()
+
+    def take(self, start: int, stop: int) -> IndexedRowColumns:
+        return IndexedRowColumns(
+            self.data[start:stop], self.rows, self.sign[start:stop], self.shape
+        )
+
+    def flat(self) -> IndexedRowColumns:
+        """The same columns with ``C`` 1: column ``(0, n * C + c)`` is ``(c, n)``."""
+        c, n, p, d = self.data.shape
+        if c == 1:
+            return self
+        data = self.data.transpose(0, 1).reshape(1, n * c, p, d)
+        rows = self.rows.repeat_interleave(c, dim=0)
+        return IndexedRowColumns(data, rows, self.sign.T.reshape(1, -1), self.shape)
+
+    @staticmethod
+    def joined(parts: list[IndexedRowColumns]) -> IndexedRowColumns:
+        """One block for parts of one source (their columns add): positions side
+        by side."""
+        if len(parts) == 1:
+            return parts[0]
+        if len({p.sign.shape for p in parts}) != 1:
+            parts = [p.flat() for p in parts]
+        return IndexedRowColumns(
+            torch.cat([p.data for p in parts], dim=2),
+            torch.cat([p.rows for p in parts], dim=1),
+            parts[0].sign,
+            parts[0].shape,
+        )
+
+    def to_dense(self, shape: tuple[int, ...]) -> DenseColumns:
+        c, n, p, d = self.data.shape
+        out = self.data.new_zeros(n, c, self.shape[0], d)
+        index = self.rows[:, None, :, None].expand(n, c, p, d)
+        out.scatter_add_(2, index, self.data.transpose(0, 1))
+        return DenseColumns(out.reshape(n * c, *shape), self.sign.T.reshape(n * c))
+
+    def written_out(self) -> DenseColumns:
+        return self.to_dense(self.shape)
+
+    def square_sum(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Each sample's repeated rows added, then squared, signed and placed."""
+        c, n, p, d = self.data.shape
+        vocab = self.shape[0]
+        samples = torch.arange(n, device=self.rows.device)[:, None]
+        keys = (samples * vocab + self.rows).reshape(-1)  # (sample, row) pairs
+        data = self.data.reshape(c, n * p, d)
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        if unique.numel() < keys.numel():  # a row repeats within a sample
+            data = data.new_zeros(c, unique.numel(), d).index_add_(1, inverse, data)
+            keys = unique
+        signed = torch.einsum("ck,ckd->kd", self.sign[:, keys // vocab], data.square())
+        out = data.new_zeros(vocab, d).index_add_(0, keys % vocab, signed)
+        return out.reshape(shape)
+
+    def cross_sum(self, other: ColumnBlock) -> torch.Tensor:
+        """``sum_k s_k v_k * w_k`` with ``w_k`` the columns of ``other`` (the same
+        source, in the same order), read only on the rows ``v_k`` touches."""
+        flat = self.flat()
+        rows = flat.rows  # [K, P]
+        if isinstance(other, OuterColumns):
+            left, right = other.oriented()
+            c, n = other.sign.shape
+            left = left.expand(c, n, -1).transpose(0, 1).reshape(c * n, -1)
+            right = right.expand(c, n, -1).transpose(0, 1).reshape(c * n, -1)
+            picked = left.gather(1, rows)[..., None] * right[:, None, :]
+        else:
+            dense = other.to_dense(self.shape).data  # [K, V, D]
+            picked = dense[
+                torch.arange(rows.shape[0], device=rows.device)[:, None], rows
+            ]
+        product = flat.data[0] * picked * flat.sign[0][:, None, None]  # [K, P, D]
+        out = product.new_zeros(self.shape)
+        return out.index_add_(0, rows.reshape(-1), product.reshape(-1, self.shape[1]))
+
+
 class _Lazy(ColumnBlock):
     """A layout that is written out only a slice at a time (``take``)."""
 
@@ -528,6 +630,7 @@ Columns = (
     | GroupColumns
     | OuterColumns
     | ProductColumns
+    | IndexedRowColumns
     | ChainedColumns
 )
 
@@ -753,9 +856,24 @@ def _sample_major(factor: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
 
 
 def leaf_diagonal(parts: list[ColumnBlock], shape: tuple[int, ...]) -> torch.Tensor:
-    """This source's share of a parameter's Hessian diagonal: ``sum_c s_c v_c^2``."""
+    """This source's share of a parameter's Hessian diagonal: ``sum_c s_c v_c^2``.
+
+    Rows an embedding picked (:class:`IndexedRowColumns`) and the other parts
+    (a tied output layer's) are squared apart, with their cross term read on
+    the picked rows only: ``(a + b)^2 = a^2 + b^2 + 2 a b``.
+    """
     if len(parts) == 1:
         return parts[0].square_sum(shape)
+    indexed = [p for p in parts if isinstance(p, IndexedRowColumns)]
+    if indexed:
+        rows = IndexedRowColumns.joined(indexed)
+        total = rows.square_sum(shape)
+        others = [p for p in parts if not isinstance(p, IndexedRowColumns)]
+        if others:  # the cross term is linear in the others: one at a time
+            total = total + leaf_diagonal(others, shape)
+            for other in others:
+                total = total + 2 * rows.cross_sum(other).reshape(shape)
+        return total
     if all(isinstance(p, OuterColumns) for p in parts) and len(shape) == 2:
         if len({p.sign.shape for p in parts}) == 1:
             return _outer_diagonal(parts)

@@ -6,7 +6,8 @@ linear in the inputs a gradient flows through, so they have no second-order
 term, and their pullback is their own backward: :class:`ByOwnBackward` runs
 the node's backward on a whole batch of columns at once (``torch.func.vmap``
 over the grad_fn). Per-sample columns stay per-sample when the op keeps the
-batch dim (dim 0) apart; else they are written out.
+batch dim (dim 0) apart; else they are written out. An embedding's weight
+gets its columns on the rows the ids pick (:class:`Embedding`).
 
 Ops with several outputs that tile their input (``split``, ``chunk``,
 ``unbind``) are handled by :class:`Tiling`: the columns a consumer sends
@@ -31,10 +32,16 @@ import torch
 from torch.func import vmap
 
 from ..base import OpContext, Rule, call_backward, saved_dim, unbroadcast
-from ..columns import Columns, SampleColumns, TokenColumns
+from ..columns import (
+    Columns,
+    GroupColumns,
+    IndexedRowColumns,
+    SampleColumns,
+    TokenColumns,
+)
 from ..registry import register
 
-__all__ = ["ByOwnBackward", "Tiling"]
+__all__ = ["ByOwnBackward", "Embedding", "Tiling"]
 
 
 def _dim(fn: Any, rank: int, name: str = "_saved_dim") -> int:
@@ -214,6 +221,57 @@ class Tiling(Rule):
         return block
 
 
+class Embedding(ByOwnBackward):
+    """``nn.Embedding``: the weight's columns are the rows the ids pick.
+
+    A column at the output (``[*ids.shape, D]``) pulls back to the rows its
+    ids name, so the weight gets :class:`~.columns.IndexedRowColumns`, per
+    sample (per token: one position each) as the columns arrive, never
+    ``V`` rows wide (unless a sample has more positions than ``V``).
+    Positions at ``padding_idx`` give nothing, as in torch's
+    backward; ``scale_grad_by_freq`` (counts over the whole batch) goes
+    through the node's own backward.
+    """
+
+    takes_groups = True
+
+    def pullback(self, ctx, block, pos):
+        fn = ctx.fn
+        if fn._saved_scale_grad_by_freq:
+            if isinstance(block, GroupColumns):
+                block = block.to_dense(ctx.out_shape)
+            return super().pullback(ctx, block, pos)
+        ids = fn._saved_indices.long()  # int32 ids too
+        data, rows, sign = _by_sample(block, ids, ctx.out_shape)
+        pad = fn._saved_padding_idx  # none: -1, saved as 2**64 - 1
+        if pad < 1 << 63 and bool((rows == pad).any()):
+            data = data * (rows != pad)[..., None]
+        block = IndexedRowColumns(data, rows, sign, ctx.in_shapes[pos])
+        # more positions than rows (dense columns over a large batch): smaller
+        # written out
+        return block.written_out() if rows.shape[1] > block.shape[0] else block
+
+
+def _by_sample(block: Columns, ids: torch.Tensor, out_shape: tuple) -> tuple:
+    """``block`` at an embedding's output as ``(data [C, N, P, D], ids [N, P],
+    sign [C, N])``: column ``(c, n)`` is ``data[c, n]`` at the positions
+    ``ids[n]`` (per token, per sample, or ``N`` 1 for dense columns)."""
+    width = out_shape[-1]
+    if isinstance(block, TokenColumns):  # column (b, l, c): sample b * L + l
+        c, b, ell = block.sign.shape
+        rows = ids.reshape(b * ell, -1)
+        return block.data.reshape(c, b * ell, -1, width), rows, block.sign.flatten(1)
+    if isinstance(block, GroupColumns | SampleColumns) and ids.dim() >= 1:
+        c, n = block.sign.shape
+        owned = block.data.shape[2] if isinstance(block, GroupColumns) else 1
+        if ids.shape[0] == n * owned:  # a sample's rows (ids) along dim 0
+            rows = ids.reshape(n, -1)
+            return block.data.reshape(c, n, -1, width), rows, block.sign
+    dense = block.to_dense(out_shape)
+    c = dense.sign.shape[0]
+    return dense.data.reshape(c, 1, -1, width), ids.reshape(1, -1), dense.sign[:, None]
+
+
 class _EmbeddingBag(ByOwnBackward):
     """``nn.EmbeddingBag`` (sum, mean, max): linear in its weight; per-sample
     weights that share a parameter with it (their cross term) are refused."""
@@ -246,7 +304,8 @@ register(ByOwnBackward(_indexed_dims), "IndexBackward0")
 register(ByOwnBackward(_transposed_dims), "TransposeBackward0", "TransposeBackward1")
 register(ByOwnBackward(_flipped_dims), "FlipBackward0")
 register(ByOwnBackward(_last_two), "TrilBackward0", "TriuBackward0")
-register(ByOwnBackward(_everywhere), "RepeatBackward0", "EmbeddingBackward0")
+register(ByOwnBackward(_everywhere), "RepeatBackward0")
+register(Embedding(_everywhere), "EmbeddingBackward0")
 register(_EmbeddingBag(_everywhere), "EmbeddingBagBackward0")
 register(
     ByOwnBackward(_elementwise),
