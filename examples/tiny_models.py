@@ -77,23 +77,24 @@ def _build(model_class, config_class, names, sizes, options=None, **fixed):
         logging.set_verbosity(verbosity)
 
 
+def _names(**renamed) -> dict:
+    """``STANDARD`` with some sizes renamed (None: the model has no such size)."""
+    names = {**STANDARD, **renamed}
+    return {size: name for size, name in names.items() if name is not None}
+
+
 def gpt2(**sizes):
-    """GPT-2 with its language-model head (tied to the token embedding)."""
-    names = {
-        "layers": "n_layer",
-        "width": "n_embd",
-        "heads": "n_head",
-        "vocab": "vocab_size",
-        "positions": "n_positions",
-        "attn": "attn_implementation",
-    }
+    """GPT-2 with its language-model head (tied to the token embedding) and
+    its own feed-forward width (4 * width)."""
+    names = _names(layers="n_layer", width="n_embd", heads="n_head", ffn=None)
+    names["positions"] = "n_positions"
     return _build("GPT2LMHeadModel", "GPT2Config", names, sizes)
 
 
 def llama(**sizes):
     """LLaMA with its language-model head: RMS norm, rotary embeddings, SiLU
     gate; ``kv_heads`` key/value heads (as many as ``heads`` unless given)."""
-    names = {**STANDARD, "kv_heads": "num_key_value_heads"}
+    names = _names(kv_heads="num_key_value_heads")
     return _build("LlamaForCausalLM", "LlamaConfig", names, sizes)
 
 
@@ -105,14 +106,8 @@ def gpt_neox(**sizes):
 
 def bloom(**sizes):
     """BLOOM with its language-model head: ALiBi position bias (no
-    ``positions``), its own GeLU autograd.Function."""
-    names = {
-        "layers": "n_layer",
-        "width": "hidden_size",
-        "heads": "n_head",
-        "vocab": "vocab_size",
-        "attn": "attn_implementation",
-    }
+    ``positions``), its own GeLU autograd.Function, feed-forward 4 * width."""
+    names = _names(layers="n_layer", heads="n_head", ffn=None, positions=None)
     return _build("BloomForCausalLM", "BloomConfig", names, sizes)
 
 
@@ -120,20 +115,11 @@ def t5(**sizes):
     """T5 encoder-decoder, ``layers`` each, 8-wide heads, no dropout: relative
     position buckets (8) up to distance ``positions``, RMS norm,
     cross-attention."""
-    names = {
-        "layers": "num_layers",
-        "width": "d_model",
-        "heads": "num_heads",
-        "ffn": "d_ff",
-        "vocab": "vocab_size",
-        "positions": "relative_attention_max_distance",
-        "attn": "attn_implementation",
-    }
+    names = _names(layers="num_layers", width="d_model", heads="num_heads")
+    names.update(ffn="d_ff", positions="relative_attention_max_distance")
     fixed = {"d_kv": 8, "relative_attention_num_buckets": 8, "dropout_rate": 0.0}
-    model_class = "T5ForConditionalGeneration"
-    return _build(
-        model_class, "T5Config", names, sizes, **fixed, decoder_start_token_id=0
-    )
+    fixed["decoder_start_token_id"] = 0
+    return _build("T5ForConditionalGeneration", "T5Config", names, sizes, **fixed)
 
 
 def bert(pooling=True, **sizes):
@@ -145,9 +131,9 @@ def bert(pooling=True, **sizes):
 def albert(**sizes):
     """ALBERT's encoder, no pooler, no dropout: 8-wide token embeddings
     (``embedding_size``), one layer's weights shared by all ``layers``."""
-    fixed = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    fixed = {"embedding_size": 8, "hidden_dropout_prob": 0.0}
+    fixed["attention_probs_dropout_prob"] = 0.0
     options = {"add_pooling_layer": False}
-    fixed["embedding_size"] = 8
     return _build("AlbertModel", "AlbertConfig", STANDARD, sizes, options, **fixed)
 
 
@@ -155,10 +141,10 @@ def vit(pooling=True, **sizes):
     """The vision transformer's encoder (``ViTModel``) on ``image`` x ``image``
     pictures (8, 3 ``channels``) cut into ``patch`` x ``patch`` patches (4);
     with its pooler unless ``pooling=False``."""
-    names = {k: v for k, v in STANDARD.items() if k not in ("vocab", "positions")}
+    names = _names(vocab=None, positions=None, **IMAGE)
     options = {"add_pooling_layer": pooling}
     fixed = {"image_size": 8, "patch_size": 4}
-    return _build("ViTModel", "ViTConfig", {**names, **IMAGE}, sizes, options, **fixed)
+    return _build("ViTModel", "ViTConfig", names, sizes, options, **fixed)
 
 
 def resnet(widths=(8, 16), depths=(1, 1)):
