@@ -31,6 +31,7 @@ import torchviz
 from common import best_of, machine, table
 
 from gradgraph import record_modules, trace
+from gradgraph.examples import tiny_models
 
 PEER_TIMEOUT_S = 60  # a peer's drawing
 STARTUP_S = 300  # its process start and imports, on a busy machine
@@ -83,33 +84,12 @@ def deep(layers: int):
 
 
 def gpt2(layers: int):
-    import transformers
-
-    config = transformers.GPT2Config(
-        n_layer=layers,
-        n_embd=32,
-        n_head=2,
-        vocab_size=64,
-        n_positions=32,
-        attn_implementation="eager",
-    )
-    model = transformers.GPT2LMHeadModel(config).eval()
+    model = tiny_models.gpt2(layers=layers).eval()
     return model, torch.randint(0, 64, (1, 8)), lambda out: out.logits
 
 
 def bert(layers: int):
-    import transformers
-
-    config = transformers.BertConfig(
-        num_hidden_layers=layers,
-        hidden_size=32,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=64,
-        max_position_embeddings=32,
-        attn_implementation="eager",
-    )
-    model = transformers.BertModel(config).eval()
+    model = tiny_models.bert(layers=layers).eval()
     return model, torch.randint(0, 64, (1, 8)), lambda out: out.last_hidden_state
 
 

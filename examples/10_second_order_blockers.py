@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tiny_models import gpt2
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import gradgraph
 from gradgraph.render.emphasis import render_emphasized
@@ -72,16 +72,7 @@ curvature = gradgraph.Curvature(
 flat = curvature.matvec(torch.cat([v.reshape(-1) for v in vector]))
 torch.testing.assert_close(flat, torch.cat([h.reshape(-1) for h in hv.values()]))
 
-gpt2 = GPT2LMHeadModel(
-    GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=64,
-        n_positions=32,
-        attn_implementation="eager",
-    )
-)
+model = gpt2()  # 2 layers, eager attention
 ids = torch.randint(0, 64, (2, 8))
-assert gradgraph.second_order_blockers(gpt2(ids, labels=ids).loss) == []
+assert gradgraph.second_order_blockers(model(ids, labels=ids).loss) == []
 print("eager GPT-2: no blockers")

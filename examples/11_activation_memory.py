@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from tiny_models import gpt2
 
 import gradgraph
 
@@ -20,15 +20,7 @@ OUT = Path(os.environ.get("GRADGRAPH_OUT", "out")) / Path(__file__).stem
 OUT.mkdir(parents=True, exist_ok=True)
 
 torch.manual_seed(0)
-config = GPT2Config(
-    n_layer=3,
-    n_embd=48,
-    n_head=4,
-    vocab_size=128,
-    n_positions=64,
-    attn_implementation="eager",
-)
-model = GPT2LMHeadModel(config)
+model = gpt2(layers=3, width=48, heads=4, vocab=128, positions=64)
 ids = torch.randint(0, 128, (2, 32))
 
 # the reference: unique storages the pack hook sees, parameters excluded
@@ -63,7 +55,7 @@ blocks = {
     f"transformer.h.{i}": sum(
         v for k, v in by_module.items() if k and k.startswith(f"transformer.h.{i}.")
     )
-    for i in range(config.n_layer)
+    for i in range(model.config.n_layer)
 }
 for name, nbytes in blocks.items():
     print(f"  {name:16s} {nbytes / 1024:8.1f} KiB")

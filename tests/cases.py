@@ -23,6 +23,20 @@ class Square(torch.autograd.Function):
         return 2 * x * grad
 
 
+class Cube(torch.autograd.Function):
+    """A custom Function: x**3, twice differentiable (a plain torch backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 3 * x**2
+
+
 def seed_linear_linear():
     """Seed notebook section 1: Linear(3,3) -> Linear(3,3)."""
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import gradgraph
 from gradgraph import SecondOrderError, record_modules, second_order_blockers
+from tests.cases import Cube as CubeTwice
 from tests.test_hygiene import global_state
 from tests.tiny_transformers import tiny_gpt2, tiny_llama
 
@@ -75,22 +76,10 @@ def test_transformers_sdpa_attention_is_found_where_torch_picks_flash():
     )
 
 
-class Cube(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x**3
-
+class Cube(CubeTwice):
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return 3 * x**2 * g
-
-
-class CubeTwice(Cube):
-    @staticmethod
-    def backward(ctx, g):  # differentiable: no decorator
         (x,) = ctx.saved_tensors
         return 3 * x**2 * g
 

@@ -71,6 +71,31 @@ def test_examples_ship_inside_the_package():
         p.name for p in EXAMPLES
     ]
     assert (PACKAGED_EXAMPLES / "simplenet.py").is_file()
+    assert (PACKAGED_EXAMPLES / "tiny_models.py").is_file()
+
+
+def test_tiny_models_import_without_transformers():
+    """The shared tiny configs import transformers only to build a model, and a
+    size the model has no use for is a TypeError before that."""
+    code = """
+import sys
+sys.modules["transformers"] = None  # as if it were not installed
+from gradgraph.examples import tiny_models
+try:
+    tiny_models.bloom(positions=8)
+except TypeError as exc:
+    assert "BloomConfig has no size ['positions']" in str(exc), exc
+else:
+    raise AssertionError("no TypeError")
+try:
+    tiny_models.gpt2()
+except ImportError:
+    print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_demo_runs_all_examples_with_a_progress_line_each(gallery):

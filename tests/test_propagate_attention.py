@@ -23,6 +23,7 @@ from gradgraph.derivatives.propagation import (
     registry,
     unsupported_ops,
 )
+from gradgraph.examples import tiny_models
 
 torch.manual_seed(0)
 X = torch.randn(2, 3, 4, dtype=torch.float64)
@@ -195,40 +196,18 @@ def test_math_kernel_with_dropout_propagates():
 
 
 def _tiny_models():
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
+    pytest.importorskip("transformers")
     ids = torch.randint(0, 16, (2, 5), generator=torch.Generator().manual_seed(1))
-    common = {"vocab_size": 16, "max_position_embeddings": 8}
-    layer = {  # one small layer, as BERT, LLaMA and ViT name its sizes
-        "num_hidden_layers": 1,
-        "hidden_size": 8,
-        "num_attention_heads": 2,
-        "intermediate_size": 16,
-        "attn_implementation": "eager",
-    }
+    sizes = {"layers": 1, "width": 8, "vocab": 16, "positions": 8}  # 2 heads
 
     def lm_loss(logits):
         return F.cross_entropy(logits[:, :-1].reshape(-1, 16), ids[:, 1:].reshape(-1))
 
-    gpt2 = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(
-            n_layer=1,
-            n_embd=8,
-            n_head=2,
-            vocab_size=16,
-            n_positions=8,
-            attn_implementation="eager",
-        )
-    )
-    llama = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(num_key_value_heads=1, **layer, **common)
-    )
-    bert_model = transformers.BertModel(
-        transformers.BertConfig(**layer, **common), add_pooling_layer=False
-    )
-    vit = transformers.ViTModel(
-        transformers.ViTConfig(image_size=4, patch_size=2, num_channels=1, **layer),
-        add_pooling_layer=False,
+    gpt2 = tiny_models.gpt2(**sizes)
+    llama = tiny_models.llama(kv_heads=1, **sizes)
+    bert_model = tiny_models.bert(pooling=False, **sizes)
+    vit = tiny_models.vit(
+        layers=1, width=8, image=4, patch=2, channels=1, pooling=False
     )
     pixels = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)

@@ -13,6 +13,7 @@ import gradgraph
 from gradgraph.derivatives import Curvature, hessian_trace
 from gradgraph.derivatives.gradient_hooks import GradientHookError
 
+from .cases import Cube
 from .reference import dense_hessian
 
 F = nn.functional
@@ -169,20 +170,6 @@ def test_tied_weights_trace_and_curvature_agree_with_the_diagonal():
     torch.testing.assert_close(
         torch.as_tensor(curvature.trace(), dtype=torch.float64), trace
     )
-
-
-class Cube(torch.autograd.Function):
-    """A custom Function: no curvature rule, twice differentiable."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x**3
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * 3 * x**2
 
 
 def _observed(t):

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from gradgraph import DotFailedError, record_modules, trace
+from gradgraph.examples import tiny_models
 from gradgraph.render import dot as dot_module
 from gradgraph.render.collapse import collapse, member_box
 from gradgraph.render.dot import drawn_graph, pipe, to_dot
@@ -38,17 +39,9 @@ def mlp_graph(layers: int, record: bool):
 
 
 def gpt2_graph(layers: int, record: bool):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=layers,
-        n_embd=32,
-        n_head=2,
-        vocab_size=64,
-        n_positions=32,
-        attn_implementation="eager",
-    )
-    model = transformers.GPT2LMHeadModel(config).eval()
+    model = tiny_models.gpt2(layers=layers).eval()
     ids = torch.randint(0, 64, (1, 8))
     if not record:
         return trace(model(ids).logits.pow(2).mean(), model=model)

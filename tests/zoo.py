@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from gradgraph.examples import tiny_models as tiny
 
 F = nn.functional
 VOCAB, SEQ, WIDTH, BATCH = 64, 8, 32, 2
@@ -48,22 +49,9 @@ def _tokens(generator: torch.Generator) -> torch.Tensor:
     return ids
 
 
-def _quiet(build: Callable[[], nn.Module]) -> nn.Module:
-    from transformers.utils import logging
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # its notices about a config made from scratch
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return build()
-    finally:
-        logging.set_verbosity(verbosity)
-
-
-def _language_model(model_class, config, dtype, generator):
-    """A causal language model from ``config``, with its next-token loss."""
-    model = _quiet(lambda: model_class(config)).to(dtype).eval()
+def _language_model(model, dtype, generator):
+    """A causal language model in eval mode, with its next-token loss."""
+    model = model.to(dtype).eval()
     return model, _next_token_loss(model, _tokens(generator))
 
 
@@ -78,56 +66,22 @@ def _next_token_loss(model, ids):
 
 
 def gpt2(dtype, generator):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=WIDTH,
-        n_head=2,
-        vocab_size=VOCAB,
-        n_positions=SEQ,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
+    model = tiny.gpt2(
+        width=WIDTH, vocab=VOCAB, positions=SEQ, bos_token_id=0, eos_token_id=0
     )
-    return _language_model(GPT2LMHeadModel, config, dtype, generator)
+    return _language_model(model, dtype, generator)
 
 
 def llama(dtype, generator):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=WIDTH,
-        intermediate_size=2 * WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=SEQ,
-        attn_implementation="eager",
-    )
-    return _language_model(LlamaForCausalLM, config, dtype, generator)
+    model = tiny.llama(width=WIDTH, vocab=VOCAB, positions=SEQ)
+    return _language_model(model, dtype, generator)
 
 
 def t5(dtype, generator):
     """T5 encoder-decoder: relative position buckets, RMS norm, cross-attention."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    config = T5Config(
-        vocab_size=VOCAB,
-        d_model=WIDTH // 2,
-        d_kv=8,
-        d_ff=WIDTH,
-        num_layers=1,  # and one decoder layer: the relative bias is the first's
-        num_decoder_layers=1,
-        num_heads=2,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=SEQ,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        attn_implementation="eager",
-    )
-    model = _quiet(lambda: T5ForConditionalGeneration(config)).to(dtype).eval()
+    # one encoder and one decoder layer: the relative bias is the first's
+    model = tiny.t5(layers=1, width=WIDTH // 2, vocab=VOCAB, positions=SEQ)
+    model = model.to(dtype).eval()
     source, target = _tokens(generator), _tokens(generator)
 
     def loss():
@@ -139,32 +93,14 @@ def t5(dtype, generator):
 
 def bloom(dtype, generator):
     """BLOOM: ALiBi position bias through baddbmm, its own GeLU autograd.Function."""
-    from transformers import BloomConfig, BloomForCausalLM
-
-    config = BloomConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        n_layer=2,
-        n_head=2,
-        attn_implementation="eager",
-    )
-    return _language_model(BloomForCausalLM, config, dtype, generator)
+    model = tiny.bloom(width=WIDTH, vocab=VOCAB)
+    return _language_model(model, dtype, generator)
 
 
 def gpt_neox(dtype, generator):
     """GPT-NeoX: rotary embeddings on a quarter of each head, parallel residual."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * WIDTH,
-        max_position_embeddings=SEQ,
-        attn_implementation="eager",
-    )
-    return _language_model(GPTNeoXForCausalLM, config, dtype, generator)
+    model = tiny.gpt_neox(width=WIDTH, vocab=VOCAB, positions=SEQ)
+    return _language_model(model, dtype, generator)
 
 
 def _mse_to_fixed(model, inputs, generator, read):
@@ -176,42 +112,8 @@ def _mse_to_fixed(model, inputs, generator, read):
     return lambda: F.mse_loss(read(model(**inputs)), target)
 
 
-def bert(dtype, generator):
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig(
-        hidden_size=WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * WIDTH,
-        vocab_size=VOCAB,
-        max_position_embeddings=SEQ,
-        attn_implementation="eager",
-    )
-    model = _quiet(lambda: BertModel(config, add_pooling_layer=False)).to(dtype).eval()
-    inputs = {"input_ids": _tokens(generator)}
-    return model, _mse_to_fixed(
-        model, inputs, generator, lambda out: out.last_hidden_state
-    )
-
-
-def albert(dtype, generator):
-    """ALBERT: one layer's weights shared by both layers (each used twice)."""
-    from transformers import AlbertConfig, AlbertModel
-
-    config = AlbertConfig(
-        vocab_size=VOCAB,
-        embedding_size=WIDTH // 4,
-        hidden_size=WIDTH // 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=WIDTH,
-        max_position_embeddings=SEQ,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        attn_implementation="eager",
-    )
-    model = _quiet(lambda: AlbertModel(config, add_pooling_layer=False))
+def _encoder(model, dtype, generator):
+    """An encoder in eval mode on token ids, MSE of its last hidden state."""
     model = model.to(dtype).eval()
     inputs = {"input_ids": _tokens(generator)}
     return model, _mse_to_fixed(
@@ -219,20 +121,21 @@ def albert(dtype, generator):
     )
 
 
-def vit(dtype, generator):
-    from transformers import ViTConfig, ViTModel
+def bert(dtype, generator):
+    model = tiny.bert(width=WIDTH, vocab=VOCAB, positions=SEQ, pooling=False)
+    return _encoder(model, dtype, generator)
 
-    config = ViTConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * WIDTH,
-        attn_implementation="eager",
+
+def albert(dtype, generator):
+    """ALBERT: one layer's weights shared by both layers (each used twice)."""
+    model = tiny.albert(
+        width=WIDTH // 2, embedding_size=WIDTH // 4, vocab=VOCAB, positions=SEQ
     )
-    model = _quiet(lambda: ViTModel(config, add_pooling_layer=False)).to(dtype).eval()
+    return _encoder(model, dtype, generator)
+
+
+def vit(dtype, generator):
+    model = tiny.vit(width=WIDTH, image=8, patch=4, pooling=False).to(dtype).eval()
     images = torch.randn(BATCH, 3, 8, 8, generator=generator).to(dtype)
     return model, _mse_to_fixed(
         model, {"pixel_values": images}, generator, lambda out: out.last_hidden_state
@@ -241,16 +144,7 @@ def vit(dtype, generator):
 
 def _resnet(dtype, generator, widths, depths, batch, size):
     """transformers' basic-block ResNet in training mode, MSE on its pooled output."""
-    from transformers import ResNetConfig, ResNetModel
-
-    config = ResNetConfig(
-        num_channels=3,
-        embedding_size=widths[0],
-        hidden_sizes=widths,
-        depths=depths,
-        layer_type="basic",
-    )
-    model = _quiet(lambda: ResNetModel(config)).to(dtype).train()
+    model = tiny.resnet(widths, depths).to(dtype).train()
     images = torch.randn(batch, 3, size, size, generator=generator).to(dtype)
     return model, _mse_to_fixed(
         model, {"pixel_values": images}, generator, lambda out: out.pooler_output

@@ -17,12 +17,11 @@ import torch
 import torch.nn as nn
 import torchview
 import torchviz
-import transformers
 
 from gradgraph import record_modules, trace
+from gradgraph.examples import tiny_models
 
 OUT = Path(__file__).resolve().parent
-transformers.logging.set_verbosity_error()
 
 
 class LSTMTagger(nn.Module):
@@ -41,48 +40,11 @@ class LSTMTagger(nn.Module):
 
 def models() -> dict:
     """name -> (model, input, output -> loss tensor)."""
-    T = transformers
     ids = torch.randint(0, 64, (1, 8))
-    gpt2 = T.GPT2LMHeadModel(
-        T.GPT2Config(
-            n_layer=6,
-            n_embd=32,
-            n_head=2,
-            vocab_size=64,
-            n_positions=32,
-            attn_implementation="eager",
-        )
-    )
-    bert = T.BertModel(
-        T.BertConfig(
-            num_hidden_layers=4,
-            hidden_size=32,
-            num_attention_heads=2,
-            intermediate_size=64,
-            vocab_size=64,
-            max_position_embeddings=32,
-            attn_implementation="eager",
-        )
-    )
-    vit = T.ViTModel(
-        T.ViTConfig(
-            image_size=32,
-            patch_size=8,
-            num_hidden_layers=4,
-            hidden_size=32,
-            num_attention_heads=2,
-            intermediate_size=64,
-            attn_implementation="eager",
-        )
-    )
-    resnet = T.ResNetModel(
-        T.ResNetConfig(
-            embedding_size=16,
-            hidden_sizes=[16, 32, 64, 128],
-            depths=[2, 2, 2, 2],
-            layer_type="basic",
-        )
-    )
+    gpt2 = tiny_models.gpt2(layers=6)
+    bert = tiny_models.bert(layers=4)
+    vit = tiny_models.vit(layers=4, image=32, patch=8)
+    resnet = tiny_models.resnet(widths=[16, 32, 64, 128], depths=[2, 2, 2, 2])
     return {
         "resnet18": (resnet, torch.randn(1, 3, 64, 64), lambda o: o.pooler_output),
         "gpt2": (gpt2, ids, lambda o: o.logits),
