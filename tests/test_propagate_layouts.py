@@ -163,3 +163,32 @@ def test_columns_with_one_entry_each_compress_to_their_diagonal(layout):
     small = compressed(block)
     assert type(small) is type(block) and small.count == entries
     torch.testing.assert_close(_curvature(small, shape), _curvature(block, shape))
+
+
+class GatedTokens(nn.Module):
+    """A per-token gate from one fused Linear split in two (SwiGLU's layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, WIDTH)
+        self.fused = nn.Linear(WIDTH, 2 * WIDTH)
+
+    def forward(self, ids):
+        a, b = self.fused(self.wte(ids)).split(WIDTH, dim=2)
+        return (a * torch.sigmoid(b)) @ self.wte.weight.T
+
+
+def test_per_token_columns_stay_per_token_through_a_split(monkeypatch):
+    seen = []
+    rule = registry.rule_for("SplitBackward0")
+    embed = type(rule).embed
+
+    def spy(self, ctx, block, out_nr):
+        placed = embed(self, ctx, block, out_nr)
+        seen.append(type(placed))
+        return placed
+
+    monkeypatch.setattr(type(rule), "embed", spy)
+    torch.manual_seed(0)
+    assert_propagates_exactly(GatedTokens().double(), next_token_loss, IDS)
+    assert TokenColumns in seen

@@ -187,6 +187,7 @@ class Tiling(Rule):
     """
 
     several_outputs = True
+    takes_tokens = True  # the pullback passes any layout on
 
     def __init__(self, unbind: bool):
         self.unbind = unbind
@@ -210,7 +211,11 @@ class Tiling(Rule):
         piece[dim] = b - a
         if self.unbind:
             del piece[dim]
-        if not isinstance(block, SampleColumns) or dim == 0:
+        if isinstance(block, TokenColumns) and dim < 2:  # tokens split apart
+            block = block.per_sample()
+        if isinstance(block, TokenColumns):
+            pass  # data[c] has the node's shape: the pieces go in as they are
+        elif not isinstance(block, SampleColumns) or dim == 0:
             block = block.to_dense(tuple(piece))
         data = block.data.unsqueeze(dim + 1) if self.unbind else block.data
         full = data.new_zeros(data.shape[0], *shape)  # data[c]: the node's shape
