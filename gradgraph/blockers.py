@@ -77,6 +77,13 @@ _WRONG_DOUBLE_BACKWARD = {  # checked on torch 2.13: a derivative, but a wrong o
         "use gradgraph.hessian_diagonal, which propagates through it exactly",
     ),
 }
+SCALED_BY_FREQUENCY = (
+    "an embedding with scale_grad_by_freq divides each row's gradient by how "
+    "often its index occurs in the batch: its backward is not the loss's "
+    "gradient, so no Hessian of the loss follows from it",
+    "build the embedding with scale_grad_by_freq=False for second-order "
+    "quantities (the forward is the same)",
+)
 _DEAD_ENDS = {  # nodes a create_graph backward leaves where a formula is missing
     "NotImplemented": "a node whose derivative torch does not implement",
     "DelayedError": "the gradient of a @once_differentiable backward",
@@ -143,6 +150,8 @@ def _reason(fn: Any) -> tuple[str, str] | None:
         )
     if op in _WRONG_DOUBLE_BACKWARD:
         return _WRONG_DOUBLE_BACKWARD[op]
+    if getattr(fn, "_saved_scale_grad_by_freq", False):  # Embedding(Bag)
+        return SCALED_BY_FREQUENCY
     if op in _DEAD_ENDS:
         return (
             f"{_DEAD_ENDS[op]} (this graph is already a gradient graph)",

@@ -390,7 +390,6 @@ CASES: dict[str, Case | list[Case]] = {
         case(lambda w: F.embedding(EMBED_IDS, w, padding_idx=2), (4, 3)),
         # two ids per token, as int32
         case(lambda w: F.embedding(EMBED_IDS.view(2, 2, 2).int(), w), (4, 3)),
-        case(lambda w: F.embedding(EMBED_IDS, w, scale_grad_by_freq=True), (4, 3)),
     ],
     "EmbeddingBagBackward0": [
         case(

@@ -10,6 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import gradgraph
 from gradgraph import SecondOrderError, record_modules, second_order_blockers
+from gradgraph.derivatives.propagation import diagonal_method
 from tests.cases import Cube as CubeTwice
 from tests.test_hygiene import global_state
 from tests.tiny_transformers import tiny_gpt2, tiny_llama
@@ -229,3 +230,26 @@ def test_curvature_runs_attention_on_the_math_kernel_by_itself():
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)
     # and outside Curvature the user's forward is untouched: flash again
     assert second_order_blockers(encoder_loss(model))
+
+
+@pytest.mark.parametrize("bag", [False, True], ids=["embedding", "embedding_bag"])
+def test_an_embedding_scaled_by_frequency_is_a_blocker_everywhere(bag):
+    """Its backward divides rows by their counts: no Hessian of the loss."""
+    torch.manual_seed(0)
+    kind = torch.nn.EmbeddingBag if bag else torch.nn.Embedding
+    table = kind(5, 3, scale_grad_by_freq=True).double()
+    ids = torch.tensor([[1, 1, 2], [0, 1, 4]])
+
+    def loss_of(t):
+        return torch.tanh(t(ids)).pow(2).sum()
+
+    op = "EmbeddingBagBackward0" if bag else "EmbeddingBackward0"
+    assert [b.op for b in second_order_blockers(loss_of(table))] == [op]
+    with pytest.raises(SecondOrderError, match="scale_grad_by_freq=False"):
+        gradgraph.hessian_diagonal(loss_of(table), table)
+    with pytest.raises(SecondOrderError, match="scale_grad_by_freq"):
+        gradgraph.hvp(loss_of(table), table, [torch.ones(5, 3, dtype=torch.float64)])
+    assert diagonal_method(loss_of(table), table) == "rows"
+    plain = kind(5, 3).double()
+    plain.load_state_dict(table.state_dict())
+    assert second_order_blockers(loss_of(plain)) == []

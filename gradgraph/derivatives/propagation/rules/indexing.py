@@ -234,18 +234,19 @@ class Embedding(ByOwnBackward):
     sample (per token: one position each) as the columns arrive, never
     ``V`` rows wide (unless a sample has more positions than ``V``).
     Positions at ``padding_idx`` give nothing, as in torch's
-    backward; ``scale_grad_by_freq`` (counts over the whole batch) goes
-    through the node's own backward.
+    backward. ``scale_grad_by_freq`` is refused: its backward is not the
+    loss's gradient (a second-order blocker, see :mod:`gradgraph.blockers`).
     """
 
     takes_groups = True
 
+    def refuses(self, fn, flows, coupled):
+        if fn._saved_scale_grad_by_freq:
+            return f"{type(fn).__name__} (scale_grad_by_freq)"
+        return super().refuses(fn, flows, coupled)
+
     def pullback(self, ctx, block, pos):
         fn = ctx.fn
-        if fn._saved_scale_grad_by_freq:
-            if isinstance(block, GroupColumns):
-                block = block.to_dense(ctx.out_shape)
-            return super().pullback(ctx, block, pos)
         ids = fn._saved_indices.long()  # int32 ids too
         data, rows, sign = _by_sample(block, ids, ctx.out_shape)
         pad = fn._saved_padding_idx  # none: -1, saved as 2**64 - 1
@@ -284,6 +285,8 @@ class _EmbeddingBag(ByOwnBackward):
     def refuses(self, fn, flows, coupled):
         if len(flows) > 1 and flows[0] and flows[1] and coupled(0, 1):
             return f"{type(fn).__name__} (per-sample weights from the same parameter)"
+        if fn._saved_scale_grad_by_freq:
+            return f"{type(fn).__name__} (scale_grad_by_freq)"
         return super().refuses(fn, flows, coupled)
 
     def _all_inputs(self, ctx, data):
