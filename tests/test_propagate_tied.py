@@ -9,7 +9,8 @@ their signed Gram) and pairs them with partners at the weight
 and without bias, ``addmm`` with ``alpha`` and ``beta``, a vocabulary smaller
 than the width (a rank-deficient Gram, with zero eigenvalues whose columns
 still carry partners), columns of both signs (a tanh after the head), and
-a head whose incoming columns also run elsewhere (only the residual folds).
+a head whose incoming columns also run elsewhere (only the residual folds),
+and a tied autoencoder (per-sample rows, the weight not transposed).
 """
 
 from __future__ import annotations
@@ -127,3 +128,22 @@ def test_the_gauss_newton_diagonal_of_a_tied_head(folds, head):
     got = ggn_diagonal(loss_of(model(ids)), model)
     torch.testing.assert_close(flat(got), expected, rtol=1e-10, atol=1e-12)
     assert folds  # the loss's columns fold without the residual too
+
+
+class TiedAutoencoder(nn.Module):
+    """Decoder = encoder's weight (not transposed): ``tanh(x W^T) W``."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.encoder(x)) @ self.encoder.weight
+
+
+def test_a_tied_autoencoder_folds_per_sample(folds):
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    model = TiedAutoencoder().double()
+    assert_propagates_exactly(model, lambda out: F.mse_loss(out, x), x)
+    assert folds and set(folds) == {1}  # the loss columns folded (two runs)
