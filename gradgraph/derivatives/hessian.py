@@ -39,8 +39,8 @@ from .params import ParamSet, as_params, unused_hint
 from .propagation import (
     UnsupportedOpError,
     diagonal_by_propagation,
-    propagation_obstacles,
 )
+from .propagation.engine import propagation_plan
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -247,14 +247,16 @@ def _diagonal_propagated(
     batch_size: int = 32,
     allow_unused: bool = False,
     progress: bool = True,
+    plan: Any = None,
 ) -> list[torch.Tensor]:
     """Curvature propagation (no rows, no bar: ``batch_size``/``progress`` unused),
     once no hook changes a gradient (propagation cannot see them). A node
     without a rule that no method could differentiate twice (a once-differentiable
-    or compiled Function) raises :class:`~gradgraph.SecondOrderError`."""
+    or compiled Function) raises :class:`~gradgraph.SecondOrderError`.
+    ``plan``: the loss's propagation plan, when the caller made one."""
     check_gradient_hooks(loss, ps.tensors)
     try:
-        return diagonal_by_propagation(loss, ps, allow_unused=allow_unused)
+        return diagonal_by_propagation(loss, ps, allow_unused=allow_unused, plan=plan)
     except UnsupportedOpError:  # a node no method can differentiate twice says so
         check_second_order(loss, params=ps.tensors, what="the Hessian diagonal")
         raise
@@ -271,24 +273,25 @@ def _diagonal_exact(
     """Propagation when every op has a curvature rule (and the sweep fits the
     memory budget), else the HVP rows. Intermediate (non-leaf) tensors as
     params take the rows too."""
-    route = "rows"
     if all(t.is_leaf for t in ps.tensors):
         try:
-            obstacles = propagation_obstacles(loss, ps, allow_unused=allow_unused)
+            plan = propagation_plan(loss, ps, allow_unused=allow_unused)
         except ValueError as exc:
             hint = unused_hint(loss) if "does not depend" in str(exc) else ""
             if hint:
                 raise ValueError(f"{exc}{hint}") from exc
             raise
-        if not obstacles:
-            route = "propagate"
-        elif obstacles[-1].startswith("memory:"):
+        if not plan.blocked:
+            return _diagonal_propagated(loss, ps, allow_unused=allow_unused, plan=plan)
+        if plan.blocked[-1].startswith("memory:"):
             warnings.warn(
-                f"hessian_diagonal: {obstacles[-1]}; computing exact HVP rows instead.",
+                f"hessian_diagonal: {plan.blocked[-1]}; computing exact HVP rows "
+                "instead.",
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return DIAGONAL_METHODS[route](
+        del plan  # it holds the graph's nodes
+    return _diagonal_rows(
         loss, ps, batch_size=batch_size, allow_unused=allow_unused, progress=progress
     )
 

@@ -108,6 +108,7 @@ class _Plan:
             if self.reach[node] and node not in self.leaf and shape:
                 total += math.prod(shape) // max(shape[0], 1)
         self.largest, self.samples = self._column_growth(graph)
+        self.blocked: list[str] | None = None  # see propagation_plan
 
     def _bytes(self, node: int) -> int:
         shape = self.shapes[node]
@@ -585,12 +586,27 @@ def diagonal_by_propagation(
     *,
     ggn: bool = False,
     allow_unused: bool = False,
+    plan: _Plan | None = None,
 ) -> list[torch.Tensor]:
-    """Per-parameter diagonals for a ParamSet (the ``method="propagate"`` entry)."""
+    """Per-parameter diagonals for a ParamSet (the ``method="propagate"`` entry).
+
+    ``plan``: this loss's :func:`propagation_plan`, when the caller has one.
+    """
     with _graph_alive():
-        plan = _Plan(loss, ps, allow_unused)
+        if plan is None:
+            plan = _Plan(loss, ps, allow_unused)
         with torch.no_grad():
             return _run(plan, ggn)
+
+
+def propagation_plan(loss: torch.Tensor, params: Any, allow_unused: bool = False):
+    """The sweep's plan for this loss (its graph, order and memory estimate),
+    with ``plan.blocked``: what stops it (:func:`propagation_obstacles`).
+    Hand it to :func:`diagonal_by_propagation` to plan once."""
+    with _graph_alive():
+        plan = _Plan(loss, params, allow_unused)
+        plan.blocked = plan.obstacles()
+    return plan
 
 
 @contextmanager
@@ -622,8 +638,7 @@ def propagation_obstacles(
         >>> propagation_obstacles(torch.atan(w).sum(), w)
         ['AtanBackward0']
     """
-    with _graph_alive():
-        return _Plan(loss, params, allow_unused).obstacles()
+    return propagation_plan(loss, params, allow_unused).blocked
 
 
 def diagonal_method(loss: torch.Tensor, params: Any, allow_unused: bool = False) -> str:
