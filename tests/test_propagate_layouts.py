@@ -185,7 +185,7 @@ def test_per_token_columns_stay_per_token_through_a_split(monkeypatch):
 
     def spy(self, ctx, block, out_nr):
         placed = embed(self, ctx, block, out_nr)
-        seen.append(type(placed))
+        seen.append(type(placed.block))
         return placed
 
     monkeypatch.setattr(type(rule), "embed", spy)

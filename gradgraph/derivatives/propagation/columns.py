@@ -657,13 +657,61 @@ def _add_all(parts: list[_DataColumns]) -> _DataColumns:
     return total
 
 
-def combine(parts: list[Columns], shape: tuple[int, ...]) -> Columns:
+@dataclass
+class Placed:
+    """Columns for one slice of a node's value (an output of ``split``).
+
+    ``block`` holds them in a layout whose ``data[c]`` has the slice's shape;
+    the slice is ``start:stop`` along value dim ``dim`` (a single index that
+    ``unbind`` removes). :func:`combine` puts a node's slices into one block,
+    one buffer for all of them.
+    """
+
+    block: DenseColumns | SampleColumns | TokenColumns
+    dim: int
+    start: int
+    stop: int
+    unbind: bool = False
+
+    def shape_in(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The slice's shape within a value of ``shape``."""
+        piece = list(shape)
+        piece[self.dim] = self.stop - self.start
+        if self.unbind:
+            del piece[self.dim]
+        return tuple(piece)
+
+
+def _place_all(pieces: list[Placed], shape: tuple[int, ...]) -> _DataColumns:
+    """The slices' columns in one block of the node's ``shape``."""
+    blocks = [p.block for p in pieces]
+    kinds = {type(b) for b in blocks}
+    if kinds == {SampleColumns, TokenColumns}:
+        blocks = [b.per_sample() if isinstance(b, TokenColumns) else b for b in blocks]
+    elif len(kinds) > 1:
+        blocks = [
+            b.to_dense(p.shape_in(shape)) for p, b in zip(pieces, blocks, strict=True)
+        ]
+    first = blocks[0]
+    full = first.data.new_zeros(first.data.shape[0], *shape)
+    for piece, block in zip(pieces, blocks, strict=True):
+        data = block.data.unsqueeze(piece.dim + 1) if piece.unbind else block.data
+        full.narrow(piece.dim + 1, piece.start, piece.stop - piece.start).add_(data)
+    return type(first)(full, first.sign)
+
+
+def combine(parts: list[Columns | Placed], shape: tuple[int, ...]) -> Columns:
     """One block for the columns of one source that arrived by several paths.
 
     The same columns reached the node along different paths, so they add
     (before any squaring): per token or per sample where all parts allow it,
-    else written out densely first.
+    else written out densely first. Slices (:class:`Placed`) go into one
+    block first.
     """
+    placed = [p for p in parts if isinstance(p, Placed)]
+    if placed:
+        rest = [p for p in parts if not isinstance(p, Placed)]
+        parts = [_place_all(placed, shape), *rest]
     if len(parts) == 1 and isinstance(parts[0], ProductColumns):
         return parts[0]  # lazy until a rule needs it written out (Rule.accept)
     parts = [p.written_out() for p in parts]  # the rules act on data

@@ -57,6 +57,7 @@ from .base import (
 from .columns import (
     Columns,
     Paired,
+    Placed,
     combine,
     compressed,
     concatenate,
@@ -558,7 +559,7 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
         for source, blocks_paired in partners.items():  # pulled, never squared
             ctx.whole = False
             for block in blocks_paired:
-                block = rule.accept(ctx, block)
+                block = rule.accept(ctx, combine([block], ctx.out_shape))
                 for pos, child in enumerate(children):
                     if child is not None:
                         pulled = pull(rule, ctx, block, pos)
@@ -569,6 +570,10 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
             for pos, block in rule.residual(ctx).items():
                 if (node, pos) in plan.ports or (node, pos) in plan.casts:
                     block = _arrive(plan, contexts, node, pos, block.written_out())
+                    if isinstance(
+                        block, Placed
+                    ):  # a slice: the drain slices whole blocks
+                        block = combine([block], contexts[children[pos]][0].out_shape)
                 start.setdefault(children[pos], []).append(block)
             if start and drain.worth_it(start):
                 drain(start)

@@ -36,6 +36,7 @@ from ..columns import (
     Columns,
     GroupColumns,
     IndexedRowColumns,
+    Placed,
     SampleColumns,
     TokenColumns,
 )
@@ -203,24 +204,22 @@ class Tiling(Rule):
         starts = [sum(sizes[:k]) for k in range(len(sizes))]
         return [(a, a + s) for a, s in zip(starts, sizes, strict=True)]
 
-    def embed(self, ctx: OpContext, block: Columns, out_nr: int) -> Columns:
+    def embed(self, ctx: OpContext, block: Columns, out_nr: int) -> Placed:
+        """Output ``out_nr``'s columns as a slice of the input (see :class:`Placed`):
+        per token past the token dims, per sample past the batch dim, else
+        written out."""
         shape = ctx.out_shape
         dim = _dim(ctx.fn, len(shape))
         a, b = self._spans(ctx.fn, shape[dim])[out_nr]
-        piece = list(shape)
-        piece[dim] = b - a
-        if self.unbind:
-            del piece[dim]
+        placed = Placed(block, dim, a, b, self.unbind)
         if isinstance(block, TokenColumns) and dim < 2:  # tokens split apart
             block = block.per_sample()
         if isinstance(block, TokenColumns):
-            pass  # data[c] has the node's shape: the pieces go in as they are
-        elif not isinstance(block, SampleColumns) or dim == 0:
-            block = block.to_dense(tuple(piece))
-        data = block.data.unsqueeze(dim + 1) if self.unbind else block.data
-        full = data.new_zeros(data.shape[0], *shape)  # data[c]: the node's shape
-        full.narrow(dim + 1, a, b - a).copy_(data)
-        return type(block)(full, block.sign)
+            return placed  # data[c] has the slice's shape, token dims first
+        if not isinstance(block, SampleColumns) or dim == 0:
+            block = block.to_dense(placed.shape_in(shape))
+        placed.block = block
+        return placed
 
     def pullback(self, ctx, block, pos):
         return block
