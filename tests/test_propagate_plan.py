@@ -15,49 +15,32 @@ import pytest
 
 from gradgraph.derivatives.propagation import engine
 
+from . import test_propagate_budget, test_propagate_memory
 from .peak_memory import peak_growth_mib
 
 SLACK_MIB = 8
 
-# each defines make() -> (loss function, params), float32 as users run it
+# each defines run() (what is measured) and plan_for() -> (loss, params)
+ZOO = """
+    import torch
+    from gradgraph.derivatives.propagation import propagated_hessian_diagonal
+    from tests.zoo import build
+    case = build({name!r}, torch.float32)
+
+    def plan_for():
+        return case.loss(), case.params
+
+    def run():
+        return propagated_hessian_diagonal(case.loss(), case.params)
+"""
 MODELS = {
-    "tanh-mlp": """
-        import torch, torch.nn as nn
-        def make():
-            torch.manual_seed(0)
-            width, batch = 160, 1000
-            model = nn.Sequential(
-                nn.Linear(1, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
-                nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1),
-            )
-            x, y = torch.randn(batch, 1), torch.randn(batch, 1)
-            return lambda: nn.functional.mse_loss(model(x), y), model
-    """,
-    "batch-norm-training-cnn": """
-        import torch, torch.nn as nn
-        def make():
-            torch.manual_seed(0)
-            model = nn.Sequential(
-                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10),
-            ).train()
-            x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
-            return lambda: nn.functional.cross_entropy(model(x), y), model
-    """,
-    "zoo-resnet-training": """
-        import torch
-        from tests.zoo import build
-        def make():
-            case = build("resnet", torch.float32)
-            return case.loss, case.params
-    """,
-    "zoo-gpt2": """
-        import torch
-        from tests.zoo import build
-        def make():
-            case = build("gpt2", torch.float32)
-            return case.loss, case.params
-    """,
+    # the peak-memory tests' models, with the loss they run
+    "tanh-mlp": textwrap.dedent(test_propagate_memory.PEAK_CHILD)
+    + "plan_for = lambda: (nn.functional.mse_loss(model(x), y), model)\n",
+    "batch-norm-training-cnn": textwrap.dedent(test_propagate_budget.PEAK_CHILD)
+    + "plan_for = lambda: (nn.functional.cross_entropy(model(x), y), model)\n",
+    "zoo-resnet-training": ZOO.format(name="resnet"),
+    "zoo-gpt2": ZOO.format(name="gpt2"),
 }
 
 # Known undercount: per-token columns that go per sample at attention (L times
@@ -68,32 +51,22 @@ UNDERCOUNTED = {
         import torch
         from gradgraph.examples import tiny_models as tiny
         from tests.zoo import _next_token_loss
-        def make():
-            torch.manual_seed(0)
-            model = tiny.gpt2(width=32, vocab=64, positions=32, bos_token_id=0,
-                              eos_token_id=0).eval()
-            ids = torch.randint(0, 64, (1, 32))
-            return _next_token_loss(model, ids), dict(model.named_parameters())
+        from gradgraph.derivatives.propagation import propagated_hessian_diagonal
+        torch.manual_seed(0)
+        model = tiny.gpt2(width=32, vocab=64, positions=32, bos_token_id=0,
+                          eos_token_id=0).eval()
+        loss_fn = _next_token_loss(model, torch.randint(0, 64, (1, 32)))
+        plan_for = lambda: (loss_fn(), model)
+        run = lambda: propagated_hessian_diagonal(loss_fn(), model)
     """,
 }
-
-CHILD = """
-    import torch
-    from gradgraph.derivatives.propagation import propagated_hessian_diagonal
-    loss_fn, params = make()
-
-    def run():
-        return propagated_hessian_diagonal(loss_fn(), params)
-"""
 
 
 def plan_and_peak_mib(setup: str) -> tuple[float, float]:
     namespace: dict = {}
     exec(textwrap.dedent(setup), namespace)
-    loss_fn, params = namespace["make"]()
-    plan = engine._Plan(loss_fn(), params).peak_bytes(engine.DRAIN_BYTES) / 2**20
-    peak = peak_growth_mib(textwrap.dedent(setup) + textwrap.dedent(CHILD))
-    return plan, peak
+    plan = engine._Plan(*namespace["plan_for"]()).peak_bytes(engine.DRAIN_BYTES)
+    return plan / 2**20, peak_growth_mib(setup)
 
 
 def check(setup: str) -> None:
