@@ -140,6 +140,13 @@ class _Plan:
 
         The gradient at every node, plus a few slices of columns: a slice is
         ``chunk_bytes`` or, where one column alone is larger, one column.
+
+        Not counted yet, so the plan can be below the peak (see
+        ``tests/test_propagate_plan.py``): sources whose columns stay in the
+        sweep until their paths meet again (any size, several at once), per-token
+        columns that go per sample at attention (``L`` times larger: the zoo
+        GPT-2 on one 32-token sequence peaks at ~0.5 GiB against a 257 MiB plan),
+        and the squaring temporaries at the parameters.
         """
         nodes = self.relevant()
         held = sum(self._bytes(n) for n in nodes)
