@@ -113,3 +113,24 @@ def test_batch_norm_training_peak_memory_is_bounded_by_a_slice():
     peak_mib = peak_growth_mib(PEAK_CHILD)
     written_out_mib = 8 * (4 * 16 * 16 + 2) * 8 * 1024 * 4 / 2**20
     assert peak_mib < written_out_mib / 2, peak_mib
+
+
+def test_columns_that_outgrow_the_budget_as_the_sweep_runs_stop_it(monkeypatch):
+    """A plan that misses columns (as it does for those that wait inside
+    attention, see test_propagate_plan): the sweep counts what it holds and
+    stops with the budget error, and auto takes HVP rows."""
+    from .test_propagate_layouts import IDS, next_token_loss, tiny_lm
+
+    model = tiny_lm()
+    expected = dense_hessian(model, next_token_loss, IDS).diagonal()
+    monkeypatch.setattr(engine._Plan, "over_budget", lambda self: None)
+    monkeypatch.setattr(engine, "MEMORY_BUDGET", 16 << 10)
+    loss = next_token_loss(model(IDS))
+    assert gradgraph.unsupported_ops(loss, model) == []  # the plan fits
+    with pytest.raises(UnsupportedOpError, match="more than its plan foresaw"):
+        gradgraph.hessian_diagonal(loss, model, method="propagate")
+    with pytest.warns(RuntimeWarning, match="computing exact HVP rows instead"):
+        auto = gradgraph.hessian_diagonal(loss, model, progress=False)
+    torch.testing.assert_close(flat(auto), expected)
+    monkeypatch.setattr(engine, "MEMORY_BUDGET", None)  # the machine's: it runs
+    torch.testing.assert_close(flat(gradgraph.hessian_diagonal(loss, model)), expected)

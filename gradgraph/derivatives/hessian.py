@@ -281,16 +281,23 @@ def _diagonal_exact(
             if hint:
                 raise ValueError(f"{exc}{hint}") from exc
             raise
-        if not plan.blocked:
-            return _diagonal_propagated(loss, ps, allow_unused=allow_unused, plan=plan)
-        if plan.blocked[-1].startswith("memory:"):
+        blocked = plan.blocked
+        if not blocked:
+            try:
+                return _diagonal_propagated(
+                    loss, ps, allow_unused=allow_unused, plan=plan
+                )
+            except UnsupportedOpError as exc:  # it outgrew the budget as it ran
+                if not str(exc).startswith("memory:"):
+                    raise
+                blocked = [str(exc)]
+        del plan  # it holds the graph's nodes
+        if blocked[-1].startswith("memory:"):
             warnings.warn(
-                f"hessian_diagonal: {plan.blocked[-1]}; computing exact HVP rows "
-                "instead.",
+                f"hessian_diagonal: {blocked[-1]}; computing exact HVP rows instead.",
                 RuntimeWarning,
                 stacklevel=3,
             )
-        del plan  # it holds the graph's nodes
     return _diagonal_rows(
         loss, ps, batch_size=batch_size, allow_unused=allow_unused, progress=progress
     )

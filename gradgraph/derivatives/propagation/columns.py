@@ -58,6 +58,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -827,6 +828,25 @@ def _one_entry_each(vectors: torch.Tensor) -> bool:
     if (vectors[:, :8] != 0).sum(-1).max() > 1:
         return False
     return bool((vectors != 0).sum(-1).max() <= 1)
+
+
+def storages(block: Any) -> dict[int, int]:
+    """The memory ``block`` holds (any layout, :class:`Paired`, :class:`Placed`,
+    or lists and dicts of them): each tensor storage once, address -> bytes."""
+    found: dict[int, int] = {}
+    stack = [block]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            found[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif hasattr(item, "__dataclass_fields__"):
+            stack.extend(getattr(item, name) for name in item.__dataclass_fields__)
+    return found
 
 
 def _signed(sign: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
