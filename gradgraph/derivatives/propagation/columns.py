@@ -833,6 +833,14 @@ def _one_entry_each(vectors: torch.Tensor) -> bool:
 def storages(block: Any) -> dict[int, int]:
     """The memory ``block`` holds (any layout, :class:`Paired`, :class:`Placed`,
     or lists and dicts of them): each tensor storage once, address -> bytes."""
+    if isinstance(block, _DataColumns):  # the common case, quickly (signs aside)
+        storage = block.data.untyped_storage()
+        return {storage.data_ptr(): storage.nbytes()}
+    if isinstance(block, OuterColumns):  # two small factors
+        return {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in (block.left, block.right)
+        }
     found: dict[int, int] = {}
     stack = [block]
     while stack:
@@ -840,12 +848,12 @@ def storages(block: Any) -> dict[int, int]:
         if isinstance(item, torch.Tensor):
             storage = item.untyped_storage()
             found[storage.data_ptr()] = storage.nbytes()
-        elif isinstance(item, list | tuple):
+        elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, dict):
             stack.extend(item.values())
-        elif hasattr(item, "__dataclass_fields__"):
-            stack.extend(getattr(item, name) for name in item.__dataclass_fields__)
+        elif hasattr(item, "__dataclass_fields__"):  # a layout, Paired, Placed
+            stack.extend(vars(item).values())
     return found
 
 

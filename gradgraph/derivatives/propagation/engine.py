@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from contextlib import contextmanager
 from typing import Any
 
@@ -499,38 +500,45 @@ class _Held:
         self.budget, self.total = budget, 0
         self.op = ""  # the node being worked on, and its own blocks' bytes
         self.working = 0
-        self.users: dict[int, int] = {}  # storage address -> blocks using it
-        self.sizes: dict[int, int] = {}
-        # id(block) -> its storages, once per delivery (a block can go to two
-        # inputs); the pending lists keep each block, and so its id, alive
-        self.blocks: dict[int, list[dict[int, int]]] = {}
+        self.users: dict[int, int] = {}  # storage address -> deliveries using it
 
     def add(self, block: Any) -> None:
-        found = storages(block)
-        self.blocks.setdefault(id(block), []).append(found)
-        for ptr, nbytes in found.items():
-            if ptr not in self.users:
-                self.users[ptr], self.sizes[ptr] = 0, nbytes
+        """A block delivered to a node (a block can go to two inputs)."""
+        for ptr, nbytes in self._storages(block).items():
+            if ptr in self.users:
+                self.users[ptr] += 1
+            else:
+                self.users[ptr] = 1
                 self.total += nbytes
-            self.users[ptr] += 1
-        self.check()
 
-    def at(self, op: str, blocks: list) -> None:
-        """Working on node ``op``, whose own (combined) ``blocks`` are alive."""
-        self.op = op
-        self.working = sum(storages(blocks).values())
-        self.check()
+    @staticmethod
+    def _storages(block: Any) -> dict[int, int]:
+        """``storages(block)``, kept on the block for its removal."""
+        found = getattr(block, "_held", None)
+        if found is None:
+            found = storages(block)
+            block._held = found
+        return found
 
     def remove(self, block: Any) -> None:
-        deliveries = self.blocks[id(block)]
-        found = deliveries.pop()
-        if not deliveries:
-            del self.blocks[id(block)]
-        for ptr in found:
+        """A delivered block taken up by its node."""
+        for ptr, nbytes in self._storages(block).items():
             self.users[ptr] -= 1
             if not self.users[ptr]:
                 del self.users[ptr]
-                self.total -= self.sizes.pop(ptr)
+                self.total -= nbytes
+
+    def at(self, op: str, blocks: Iterable = ()) -> None:
+        """Working on node ``op``, whose own (combined) ``blocks`` are alive."""
+        self.op, self.working = op, 0
+        for block in blocks:
+            self.grow(block)
+        self.check()
+
+    def grow(self, block: Any) -> None:
+        """A block of the node's own (its columns, or them in another layout)."""
+        self.working += sum(self._storages(block).values())
+        self.check()
 
     def check(self) -> None:
         if (self.total + self.working) * HELD_SHARE > self.budget:
@@ -574,7 +582,7 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
         return bool(bits & reach[node])
 
     for node in plan.relevant():
-        held.at(type(plan.fns[node]).__name__, [])
+        held.at(type(plan.fns[node]).__name__)
         sources = pending.pop(node, {})
         for source, parts in sources.items():
             holders[source].discard(node)
@@ -596,7 +604,9 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
                 blocks[s] = combine(own, ctx.out_shape)
             partners[s] = [p.block for p in parts if isinstance(p, Paired)]
         del sources
-        held.at(ctx.op, [blocks, partners])
+        held.at(
+            ctx.op, [*blocks.values(), *(p for ps in partners.values() for p in ps)]
+        )
         local = [s for s in blocks if not partners[s] and not meets_again(s, node)]
         with_residual = not ggn or rule.loss
         fold = rule.fold(ctx, [blocks[s] for s in local], with_residual)
@@ -628,8 +638,11 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
                 next_source += 1
         for source in list(blocks):
             # freed once every input has its pullback
-            block = rule.accept(ctx, blocks.pop(source))
-            held.at(ctx.op, [block, blocks, partners])  # per sample: L times larger
+            arrived = blocks.pop(source)
+            block = rule.accept(ctx, arrived)
+            if block is not arrived:  # per sample: L times larger
+                held.grow(block)
+            del arrived
             # the source's columns are all here: the rule may renumber them
             ctx.whole = not meets_again(source, node)
             for pos, child in enumerate(children):
