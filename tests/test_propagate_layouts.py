@@ -127,16 +127,23 @@ def _signs(*shape):
     return torch.randint(0, 2, shape).double() * 2 - 1
 
 
+@pytest.mark.parametrize("one_entry", [False, True], ids=["random", "one_entry"])
 @pytest.mark.parametrize("layout", ["dense", "sample", "token"])
-def test_compressed_columns_stand_for_the_same_curvature(layout):
+def test_compressed_columns_stand_for_the_same_curvature(layout, one_entry):
+    """Random columns (an eigendecomposition), and columns with one entry each,
+    an elementwise op's own curvature (their signed sum is diagonal: no eigh)."""
     torch.manual_seed(0)
     shape = (2, 3, 4)
     lead = {"dense": (), "sample": (2,), "token": (2, 3)}[layout]
     entries = math.prod(shape[len(lead) :])
     count = 3 * entries
     data = torch.randn(count, *shape, dtype=torch.float64)
+    if one_entry:
+        where = torch.randint(0, entries, (count,))
+        data = torch.zeros(count, *lead, entries, dtype=torch.float64)
+        data[torch.arange(count), ..., where] = torch.randn(count, *lead).double()
     kind = {"dense": DenseColumns, "sample": SampleColumns, "token": TokenColumns}
-    block = kind[layout](data, _signs(count, *lead))
+    block = kind[layout](data.reshape(count, *shape), _signs(count, *lead))
     small = compressed(block)
     assert type(small) is type(block) and small.count == entries
     torch.testing.assert_close(_curvature(small, shape), _curvature(block, shape))
@@ -145,24 +152,6 @@ def test_compressed_columns_stand_for_the_same_curvature(layout):
 def test_few_columns_are_left_as_they_are():
     block = DenseColumns(torch.randn(3, 4, dtype=torch.float64), _signs(3))
     assert compressed(block) is block
-
-
-@pytest.mark.parametrize("layout", ["dense", "sample", "token"])
-def test_columns_with_one_entry_each_compress_to_their_diagonal(layout):
-    """An elementwise op's own curvature: the signed sum is diagonal (no eigh)."""
-    torch.manual_seed(0)
-    shape = (2, 3, 4)
-    lead = {"dense": (), "sample": (2,), "token": (2, 3)}[layout]
-    entries = math.prod(shape[len(lead) :])
-    count = 3 * entries
-    where = torch.randint(0, entries, (count,))
-    data = torch.zeros(count, *lead, entries, dtype=torch.float64)
-    data[torch.arange(count), ..., where] = torch.randn(count, *lead).double()
-    kind = {"dense": DenseColumns, "sample": SampleColumns, "token": TokenColumns}
-    block = kind[layout](data.reshape(count, *shape), _signs(count, *lead))
-    small = compressed(block)
-    assert type(small) is type(block) and small.count == entries
-    torch.testing.assert_close(_curvature(small, shape), _curvature(block, shape))
 
 
 class GatedTokens(nn.Module):
