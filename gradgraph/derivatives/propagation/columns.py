@@ -919,6 +919,14 @@ def paired_diagonal(
         >>> paired_diagonal([v], [u], (2,))
         tensor([2., 8.])
     """
+    if all(isinstance(p, IndexedRowColumns) for p in parts):  # an embedding's rows
+        rows = IndexedRowColumns.joined(parts).flat()
+        total = rows.data.new_zeros(shape)
+        for partner in partners:  # on the rows only, with the partners' signs
+            sign = partner.sign.movedim(0, -1).reshape(1, -1)  # written-out order
+            signed = IndexedRowColumns(rows.data, rows.rows, sign, rows.shape)
+            total += signed.cross_sum(partner)
+        return total
     own = combine(parts, shape).to_dense(shape)
     total = torch.zeros(shape, dtype=own.data.dtype, device=own.data.device)
     for partner in partners:
