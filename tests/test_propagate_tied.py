@@ -10,7 +10,8 @@ and without bias, ``addmm`` with ``alpha`` and ``beta``, a vocabulary smaller
 than the width (a rank-deficient Gram, with zero eigenvalues whose columns
 still carry partners), columns of both signs (a tanh after the head), and
 a head whose incoming columns also run elsewhere (only the residual folds),
-and a tied autoencoder (per-sample rows, the weight not transposed).
+and a tied autoencoder (per-sample rows, the weight not transposed); and
+transformers' DistilBERT masked-LM head against HVP rows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, jacrev
 
+import gradgraph
 from gradgraph.derivatives.propagation import ggn_diagonal, registry
 
 from .model_reference import assert_propagates_exactly, flat
@@ -147,3 +149,41 @@ def test_a_tied_autoencoder_folds_per_sample(folds):
     model = TiedAutoencoder().double()
     assert_propagates_exactly(model, lambda out: F.mse_loss(out, x), x)
     assert folds and set(folds) == {1}  # the loss columns folded (two runs)
+
+
+def test_a_transformers_masked_lm_head_tied_to_its_embedding(folds):
+    """DistilBERT's MLM head (dense, GELU, LayerNorm, then a Linear with bias
+    whose weight is the word embedding) against HVP rows, float64."""
+    transformers = pytest.importorskip("transformers")
+    from .zoo import ZooModel, picks, reference_entries
+
+    vocab = 64
+    config = transformers.DistilBertConfig(
+        vocab_size=vocab,
+        dim=16,
+        n_layers=1,
+        n_heads=2,
+        hidden_dim=32,
+        max_position_embeddings=8,
+        attn_implementation="eager",
+        tie_word_embeddings=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+    torch.manual_seed(0)
+    model = transformers.DistilBertForMaskedLM(config).double().eval()
+    ids = torch.randint(3, vocab, (2, 6), generator=torch.Generator().manual_seed(0))
+
+    def loss():
+        return F.cross_entropy(model(ids).logits.reshape(-1, vocab), ids.reshape(-1))
+
+    case = ZooModel("distilbert_mlm", model, loss)
+    got = gradgraph.hessian_diagonal(loss(), case.params)
+    chosen = picks(case.params)
+    expected = reference_entries(case, chosen)
+    scale = max(float(e.abs().max()) for e in expected.values())
+    for name, where in chosen.items():
+        torch.testing.assert_close(
+            got[name].reshape(-1)[where], expected[name], rtol=1e-8, atol=1e-12 * scale
+        )
+    assert folds
