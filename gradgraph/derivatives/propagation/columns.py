@@ -674,6 +674,23 @@ class Placed:
     stop: int
     unbind: bool = False
 
+    @property
+    def count(self) -> int:
+        return self.block.count
+
+    @property
+    def column_bytes(self) -> int:
+        return self.block.column_bytes
+
+    def take(self, start: int, stop: int) -> Placed:
+        """Columns ``start:stop``, still a slice (a drain's slice of them)."""
+        return Placed(
+            self.block.take(start, stop), self.dim, self.start, self.stop, self.unbind
+        )
+
+    def written_out(self) -> Placed:
+        return self  # its block is written out already
+
     def shape_in(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The slice's shape within a value of ``shape``."""
         piece = list(shape)

@@ -58,7 +58,6 @@ from .base import (
 from .columns import (
     Columns,
     Paired,
-    Placed,
     combine,
     compressed,
     concatenate,
@@ -555,12 +554,14 @@ class _Held:
 
 def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
     reach = plan.reach
-    missing = plan.missing_rules()
-    if missing:
-        raise _no_rule(missing[0])
-    memory = plan.over_budget()
-    if memory is not None:
-        raise UnsupportedOpError(memory)
+    blocked = plan.blocked if plan.blocked is not None else plan.obstacles()
+    if blocked:  # the ops without a rule first, then the memory line
+        first = blocked[0]
+        raise (
+            UnsupportedOpError(first)
+            if first.startswith("memory:")
+            else _no_rule(first)
+        )
     contexts = _contexts(plan)
     pending: dict[int, dict[int, list[Columns]]] = {}
     holders: dict[int, set[int]] = {}  # source -> nodes that hold its columns
@@ -664,10 +665,6 @@ def _run(plan: _Plan, ggn: bool) -> list[torch.Tensor]:
             for pos, block in rule.residual(ctx).items():
                 if (node, pos) in plan.ports or (node, pos) in plan.casts:
                     block = _arrive(plan, contexts, node, pos, block.written_out())
-                    if isinstance(
-                        block, Placed
-                    ):  # a slice: the drain slices whole blocks
-                        block = combine([block], contexts[children[pos]][0].out_shape)
                 start.setdefault(children[pos], []).append(block)
             if start and drain.worth_it(start):
                 drain(start)
